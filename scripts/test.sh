@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when missing, then runs the format check,
+# clippy with warnings denied, and the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# Debian packages the tests use: clang/lld build C test modules to wasm, swtpm is the real TPM of
+# the attestation tests, libtss2-dev/pkg-config build tss-esapi, iperf3 is a bench baseline.
+for pkg in clang lld swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 tpm2-tools pkg-config iperf3; do
+  have_pkg "$pkg" || need_pkgs+=("$pkg")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${need_pkgs[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+have cargo-nextest || cargo nextest --version >/dev/null 2>&1 || true
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "test.sh: cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "test.sh: cargo test"
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked

@@ -19,3 +19,5 @@
 #![warn(missing_docs)]
 
 pub mod message;
+pub mod schedule;
+pub mod store;

@@ -18,6 +18,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod message;
+pub mod node;
 pub mod schedule;
 pub mod store;

@@ -214,12 +214,12 @@ impl VerifiedMessage {
     /// Verifies every commitment; at least one is required.
     ///
     /// # Errors
-    /// [`MessageError::CommitmentInvalid`] when unsigned, or the first failing check.
+    /// [`MessageError::Unsigned`] when unsigned, or the first failing check.
     pub fn verify(message: Message) -> Result<Self, MessageError> {
         let first = message
             .commitments()
             .first()
-            .ok_or_else(|| MessageError::CommitmentInvalid("message is not signed".into()))?;
+            .ok_or(MessageError::Unsigned)?;
         let from = first.address();
         let unsigned_id = message.unsigned_id();
         for commitment in message.commitments() {
@@ -290,8 +290,8 @@ pub fn verify_batch(messages: Vec<Message>) -> Vec<Result<VerifiedMessage, Messa
 /// A signing key with its scheme: the node key, or a user's wallet (a JWK file).
 #[derive(Clone)]
 pub enum Wallet {
-    /// An Ed25519 key.
-    Ed25519(ed25519_dalek::SigningKey),
+    /// An Ed25519 key (boxed: the signing key carries its expanded form).
+    Ed25519(Box<ed25519_dalek::SigningKey>),
     /// An RSA key (Arweave wallets are 4096-bit).
     Rsa(Box<rsa::RsaPrivateKey>),
 }
@@ -317,7 +317,7 @@ pub enum WalletError {
 impl Wallet {
     /// A new Ed25519 wallet from `rng`.
     pub fn generate_ed25519(rng: &mut impl CryptoRngCore) -> Self {
-        Wallet::Ed25519(ed25519_dalek::SigningKey::generate(rng))
+        Wallet::Ed25519(Box::new(ed25519_dalek::SigningKey::generate(rng)))
     }
 
     /// A new RSA wallet of `bits` (4096 for Arweave compatibility).
@@ -428,7 +428,7 @@ impl Wallet {
                 {
                     return Err(WalletError::Invalid("x does not match d".into()));
                 }
-                Ok(Wallet::Ed25519(key))
+                Ok(Wallet::Ed25519(Box::new(key)))
             }
             (Some("RSA"), _) => {
                 let n = BigUint::from_bytes_be(&field("n")?);
@@ -488,10 +488,10 @@ mod tests {
             VerifiedMessage::verify(forged),
             Err(MessageError::SignatureInvalid)
         );
-        assert!(matches!(
+        assert_eq!(
             VerifiedMessage::verify(Message::new().with("a", 1)),
-            Err(MessageError::CommitmentInvalid(_))
-        ));
+            Err(MessageError::Unsigned)
+        );
     }
 
     #[test]

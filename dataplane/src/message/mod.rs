@@ -89,6 +89,9 @@ pub enum MessageError {
     /// A commitment's key or signature bytes are malformed, or its scheme is unknown.
     #[error("malformed commitment: {0}")]
     CommitmentInvalid(String),
+    /// The message carries no commitment where one is required.
+    #[error("message is not signed")]
+    Unsigned,
     /// A commitment's signature does not verify against the message.
     #[error("signature does not verify")]
     SignatureInvalid,

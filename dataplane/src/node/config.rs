@@ -1,0 +1,170 @@
+//! Node configuration: embedded defaults, optionally overridden by a TOML file and the CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::message::Id;
+
+/// Default HTTP listen address (HyperBEAM's port).
+pub const HTTP_DEFAULT: &str = "127.0.0.1:8734";
+/// Default largest request body (16 MiB): matches [`crate::message::MESSAGE_BYTES_MAX`].
+pub const BODY_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// Default largest group commit: 1024 messages of up to ~1 KB keep one fsync under a few ms
+/// while amortizing it; the queue in front of it bounds memory (see `REQUEST_QUEUE_MAX`).
+pub const COMMIT_BATCH_MAX_DEFAULT: usize = 1024;
+
+/// Everything an operator can set. Unknown keys in a file are rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeConfig {
+    /// Where the store, the node key and the AOT cache live.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Executor threads (each pinned to a core); 0 means one per available core.
+    pub exec_cores: usize,
+    /// A snapshot of each process is taken every this many slots.
+    pub snapshot_interval: u64,
+    /// Most messages in one group commit.
+    pub commit_batch_max: usize,
+    /// How long `compute` waits for a slot that is scheduled but not yet computed, in ms.
+    pub compute_wait_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ferrobeam-data"),
+            // The constant is a valid address; parsing it cannot fail.
+            http: HTTP_DEFAULT.parse().expect("default address parses"),
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            exec_cores: 0,
+            snapshot_interval: 64,
+            commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
+            compute_wait_ms: 30_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks value ranges.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`].
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.body_bytes_max == 0 || self.body_bytes_max > crate::message::wire::WIRE_BYTES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "body-bytes-max must be 1..={}",
+                crate::message::wire::WIRE_BYTES_MAX
+            )));
+        }
+        if self.snapshot_interval == 0 {
+            return Err(ConfigError::Invalid("snapshot-interval must be ≥ 1".into()));
+        }
+        if !(1..=65_536).contains(&self.commit_batch_max) {
+            return Err(ConfigError::Invalid(
+                "commit-batch-max must be 1..=65536".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Executor threads to start.
+    pub fn exec_threads(&self) -> usize {
+        if self.exec_cores > 0 {
+            self.exec_cores
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// The public part of the configuration, as shown by `/~meta@1.0/info`.
+    pub fn public(&self) -> serde_json::Value {
+        serde_json::json!({
+            "body-bytes-max": self.body_bytes_max,
+            "exec-cores": self.exec_threads(),
+            "snapshot-interval": self.snapshot_interval,
+            "commit-batch-max": self.commit_batch_max,
+        })
+    }
+
+    /// SHA-256 of the public configuration's JSON (keys sorted): what attestation binds.
+    pub fn public_id(&self) -> Id {
+        // serde_json's Map is a BTreeMap here (no preserve_order feature): keys are sorted.
+        let bytes = serde_json::to_vec(&self.public()).unwrap_or_default();
+        Id(Sha256::digest(bytes).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "http = \"127.0.0.1:9000\"\nsnapshot-interval = 8\n").unwrap();
+        let c = NodeConfig::from_file(&path).unwrap();
+        assert_eq!(c.http.port(), 9000);
+        assert_eq!(c.snapshot_interval, 8);
+        assert_eq!(c.body_bytes_max, BODY_BYTES_MAX_DEFAULT);
+        std::fs::write(&path, "htp = \"x\"\n").unwrap();
+        assert!(matches!(
+            NodeConfig::from_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "snapshot-interval = 0\n").unwrap();
+        assert!(matches!(
+            NodeConfig::from_file(&path),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,105 @@
+//! Prometheus metrics of the node, rendered in the text exposition format at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of rejected requests: the JSON error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code (`NodeError::code`).
+    pub code: String,
+}
+
+/// Every metric the node exports. Each one is registered once, in [`Metrics::new`].
+pub struct Metrics {
+    registry: Registry,
+    /// Messages acknowledged as durably scheduled (spawns included).
+    pub messages_scheduled: Counter,
+    /// Requests answered with an error, by code.
+    pub requests_rejected: Family<CodeLabel, Counter>,
+    /// Group commits made.
+    pub commits: Counter,
+    /// Messages per group commit.
+    pub commit_batch_size: Histogram,
+    /// Slots computed (results stored).
+    pub slots_computed: Counter,
+    /// Slots whose result is an error (trap, limit, ABI violation).
+    pub slot_errors: Counter,
+    /// Processes known to this node.
+    pub processes: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferrobeam");
+        let messages_scheduled = Counter::default();
+        let requests_rejected = Family::<CodeLabel, Counter>::default();
+        let commits = Counter::default();
+        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let slots_computed = Counter::default();
+        let slot_errors = Counter::default();
+        let processes = Gauge::default();
+        registry.register(
+            "messages_scheduled",
+            "Messages durably scheduled and acknowledged",
+            messages_scheduled.clone(),
+        );
+        registry.register(
+            "requests_rejected",
+            "Requests answered with an error, by error code",
+            requests_rejected.clone(),
+        );
+        registry.register("commits", "Group commits to the store", commits.clone());
+        registry.register(
+            "commit_batch_size",
+            "Messages per group commit",
+            commit_batch_size.clone(),
+        );
+        registry.register(
+            "slots_computed",
+            "Slots computed by the executors",
+            slots_computed.clone(),
+        );
+        registry.register(
+            "slot_errors",
+            "Slots whose result is an error",
+            slot_errors.clone(),
+        );
+        registry.register("processes", "Processes on this node", processes.clone());
+        Self {
+            registry,
+            messages_scheduled,
+            requests_rejected,
+            commits,
+            commit_batch_size,
+            slots_computed,
+            slot_errors,
+            processes,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,683 @@
+//! The node: wires the store, the scheduler, the executors and the HTTP API together.
+//!
+//! One sequencer thread owns the [`Scheduler`]: it drains queued requests (up to
+//! `commit-batch-max`), assigns slots, signs assignments with the node key, appends the whole
+//! batch to the store in one fsynced commit, and only then acknowledges every sender and hands
+//! the batch to compute. A single owner means slots are never duplicated or skipped, without
+//! locks; the group commit amortizes the fsync over every concurrent sender.
+
+pub mod config;
+mod key;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use config::NodeConfig;
+pub use key::{KeyError, load_or_create_node_key, write_private};
+
+use crate::message::{Hashpath, Id, Message, MessageError, VerifiedMessage, Wallet};
+use crate::schedule::{Assignment, PROCESS_TYPE, ScheduleError, Scheduler};
+use crate::store::{Scheduled, Store, StoreError};
+
+/// Requests waiting for the sequencer. Each holds one message (≤ 16 MiB, typically ~1 KB); a
+/// full queue makes HTTP handlers wait (backpressure), it never grows.
+pub const REQUEST_QUEUE_MAX: usize = 4096;
+
+/// Why the node refused or failed a request. `code()` is the JSON `error` string.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The message is malformed, unsigned, or its signature does not verify.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// No such process on this node.
+    #[error("unknown process {0}")]
+    UnknownProcess(Id),
+    /// The process message names a module this node does not have.
+    #[error("unknown module {0}")]
+    UnknownModule(Id),
+    /// The module bytes fail validation.
+    #[error("invalid module: {0}")]
+    ModuleInvalid(String),
+    /// The process message is malformed (no `module`, bad limits, ...).
+    #[error("invalid process: {0}")]
+    ProcessInvalid(String),
+    /// The message's `target` differs from the process it was sent to.
+    #[error("message target {target} differs from the process {process} in the path")]
+    TargetMismatch {
+        /// The message's `target`.
+        target: String,
+        /// The path's process.
+        process: Id,
+    },
+    /// The slot is beyond the process's last assigned slot.
+    #[error("slot {slot} of {process} is not assigned yet")]
+    SlotNotAssigned {
+        /// The process.
+        process: Id,
+        /// The slot asked for.
+        slot: u64,
+    },
+    /// The slot is assigned but its result was not ready in time.
+    #[error("slot {slot} of {process} is not computed yet")]
+    ComputePending {
+        /// The process.
+        process: Id,
+        /// The slot asked for.
+        slot: u64,
+    },
+    /// A request body over the configured maximum.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The request is malformed in a way that is not about the message (query, path, headers).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No such resource.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The node is shutting down or its sequencer stopped.
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed; nothing was acknowledged.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl NodeError {
+    /// The JSON `error` code: the variant name (for message errors, the message error's).
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::Message(e) => message_error_code(e),
+            NodeError::UnknownProcess(_) => "UnknownProcess",
+            NodeError::UnknownModule(_) => "UnknownModule",
+            NodeError::ModuleInvalid(_) => "ModuleInvalid",
+            NodeError::ProcessInvalid(_) => "ProcessInvalid",
+            NodeError::TargetMismatch { .. } => "TargetMismatch",
+            NodeError::SlotNotAssigned { .. } => "SlotNotAssigned",
+            NodeError::ComputePending { .. } => "ComputePending",
+            NodeError::BodyTooLarge(_) => "BodyTooLarge",
+            NodeError::BadRequest(_) => "BadRequest",
+            NodeError::NotFound(_) => "NotFound",
+            NodeError::Unavailable(_) => "Unavailable",
+            NodeError::Store(_) => "Store",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeError::Message(MessageError::Unsigned | MessageError::SignatureInvalid) => 401,
+            NodeError::Message(MessageError::TooLarge) | NodeError::BodyTooLarge(_) => 413,
+            NodeError::Message(_)
+            | NodeError::ModuleInvalid(_)
+            | NodeError::ProcessInvalid(_)
+            | NodeError::TargetMismatch { .. }
+            | NodeError::BadRequest(_) => 400,
+            NodeError::UnknownProcess(_)
+            | NodeError::UnknownModule(_)
+            | NodeError::SlotNotAssigned { .. }
+            | NodeError::NotFound(_) => 404,
+            NodeError::ComputePending { .. } | NodeError::Unavailable(_) => 503,
+            NodeError::Store(_) => 500,
+        }
+    }
+}
+
+fn message_error_code(e: &MessageError) -> &'static str {
+    match e {
+        MessageError::KeyInvalid(_) => "KeyInvalid",
+        MessageError::KeyReserved(_) => "KeyReserved",
+        MessageError::KeyDuplicate(_) => "KeyDuplicate",
+        MessageError::TooManyKeys => "TooManyKeys",
+        MessageError::TooManyItems => "TooManyItems",
+        MessageError::TooDeep => "TooDeep",
+        MessageError::TooLarge => "TooLarge",
+        MessageError::TooManyCommitments => "TooManyCommitments",
+        MessageError::JsonInvalid(_) => "JsonInvalid",
+        MessageError::WireInvalid(_) => "WireInvalid",
+        MessageError::CommitmentInvalid(_) => "CommitmentInvalid",
+        MessageError::Unsigned => "Unsigned",
+        MessageError::SignatureInvalid => "SignatureInvalid",
+        MessageError::IdInvalid(_) => "IdInvalid",
+    }
+}
+
+/// What a sender gets back once its message is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    /// The message id.
+    pub id: Id,
+    /// The process it was scheduled on (for a spawn, the new process: equal to `id`).
+    pub process: Id,
+    /// Its slot.
+    pub slot: u64,
+    /// The id of the node-signed assignment.
+    pub assignment: Id,
+    /// The assignment's timestamp (ms since the Unix epoch).
+    pub timestamp: u64,
+    /// The process's hashpath after this slot.
+    pub hashpath: Hashpath,
+    /// True when the message had been scheduled before (the original ack is returned).
+    pub duplicate: bool,
+}
+
+impl Ack {
+    fn new(assignment: &Assignment, signed: &Message, duplicate: bool) -> Self {
+        Self {
+            id: assignment.message,
+            process: assignment.process,
+            slot: assignment.slot,
+            assignment: signed.id(),
+            timestamp: assignment.timestamp_ms,
+            hashpath: assignment.hashpath,
+            duplicate,
+        }
+    }
+}
+
+/// What the sequencer is asked to do.
+enum Request {
+    Spawn(VerifiedMessage),
+    Schedule {
+        process: Id,
+        message: VerifiedMessage,
+    },
+}
+
+struct Queued {
+    request: Request,
+    reply: oneshot::Sender<Result<Ack, NodeError>>,
+}
+
+/// A handle for submitting messages to the sequencer. Cheap to clone.
+#[derive(Clone)]
+pub struct Sequencer {
+    requests: mpsc::Sender<Queued>,
+}
+
+impl Sequencer {
+    /// Starts the sequencer thread over `store`, restoring every process head from it.
+    /// `on_commit` runs on the sequencer thread after each durable commit, with the batch.
+    ///
+    /// # Errors
+    /// [`NodeError::Store`] when the heads cannot be read.
+    pub fn start(
+        store: Arc<Store>,
+        wallet: Wallet,
+        batch_max: usize,
+        on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
+        let scheduler = restore_scheduler(&store)?;
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let worker = SequencerThread {
+            store,
+            wallet,
+            scheduler,
+            batch_max,
+            on_commit,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ferrobeam-sequencer".into())
+            .spawn(move || worker.run(queue))
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        Ok((Self { requests }, handle))
+    }
+
+    /// Spawns a process: schedules its (verified) process message at slot 0 of itself.
+    ///
+    /// # Errors
+    /// As the sequencer decides; [`NodeError::Unavailable`] when it stopped.
+    pub async fn spawn(&self, message: VerifiedMessage) -> Result<Ack, NodeError> {
+        self.submit(Request::Spawn(message)).await
+    }
+
+    /// Schedules a verified message on `process`.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownProcess`], [`NodeError::Store`], [`NodeError::Unavailable`].
+    pub async fn schedule(&self, process: Id, message: VerifiedMessage) -> Result<Ack, NodeError> {
+        self.submit(Request::Schedule { process, message }).await
+    }
+
+    async fn submit(&self, request: Request) -> Result<Ack, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Queued { request, reply })
+            .await
+            .map_err(|_| NodeError::Unavailable("sequencer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| NodeError::Unavailable("sequencer dropped the request".into()))?
+    }
+}
+
+fn restore_scheduler(store: &Store) -> Result<Scheduler, NodeError> {
+    let mut scheduler = Scheduler::new();
+    for (process, head) in store.heads()? {
+        scheduler.restore(process, head);
+    }
+    Ok(scheduler)
+}
+
+/// Milliseconds since the Unix epoch (the sequencer's clock; the scheduler keeps it monotonic).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct SequencerThread {
+    store: Arc<Store>,
+    wallet: Wallet,
+    scheduler: Scheduler,
+    batch_max: usize,
+    on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+}
+
+/// One accepted request of the batch being built, and whom to answer.
+enum Outcome {
+    /// Scheduled in this batch at this index.
+    New(usize),
+    /// Answer now (a duplicate already durable, or an error).
+    Now(Result<Ack, NodeError>),
+    /// The same message as batch entry `.0`, earlier in this batch.
+    SameAs(usize),
+}
+
+impl SequencerThread {
+    fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+        let mut rng = rand::rngs::OsRng;
+        // Runs until every Sequencer handle is dropped (node shutdown).
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.batch_max {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.process_batch(batch, &mut rng);
+        }
+    }
+
+    fn process_batch(&mut self, batch: Vec<Queued>, rng: &mut rand::rngs::OsRng) {
+        let now = now_ms();
+        let mut scheduled: Vec<Scheduled> = Vec::with_capacity(batch.len());
+        let mut in_batch = std::collections::HashMap::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for queued in batch {
+            let outcome = self.admit(queued.request, now, &mut scheduled, &mut in_batch, rng);
+            replies.push((queued.reply, outcome));
+        }
+        let committed = if scheduled.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&scheduled)
+        };
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
+            // The scheduler advanced in memory; rewind it to what is durable.
+            match restore_scheduler(&self.store) {
+                Ok(s) => self.scheduler = s,
+                Err(e) => tracing::error!(error = %e, "cannot reload heads after a failed commit"),
+            }
+        }
+        for (reply, outcome) in replies {
+            let answer = match (outcome, &committed) {
+                (Outcome::Now(answer), _) => answer,
+                (Outcome::New(i) | Outcome::SameAs(i), Ok(())) => {
+                    let s = &scheduled[i];
+                    Ok(Ack::new(&s.assignment, &s.signed, false))
+                }
+                (_, Err(e)) => Err(NodeError::Unavailable(format!("commit failed: {e}"))),
+            };
+            // A sender that went away no longer needs its ack; the message is durable anyway.
+            let _ = reply.send(answer);
+        }
+        if committed.is_ok() && !scheduled.is_empty() {
+            (self.on_commit)(scheduled);
+        }
+    }
+
+    fn admit(
+        &mut self,
+        request: Request,
+        now: u64,
+        scheduled: &mut Vec<Scheduled>,
+        in_batch: &mut std::collections::HashMap<Id, usize>,
+        rng: &mut rand::rngs::OsRng,
+    ) -> Outcome {
+        let (process, message) = match request {
+            Request::Spawn(m) => (None, m),
+            Request::Schedule { process, message } => (Some(process), message),
+        };
+        let id = message.id();
+        if let Some(&i) = in_batch.get(&id) {
+            return Outcome::SameAs(i);
+        }
+        match self.existing_ack(&id) {
+            Ok(Some(ack)) => return Outcome::Now(Ok(ack)),
+            Ok(None) => {}
+            Err(e) => return Outcome::Now(Err(e)),
+        }
+        let assigned = match process {
+            None => self.scheduler.spawn(id, now),
+            Some(p) => self.scheduler.assign(&p, id, now),
+        };
+        let assignment = match assigned {
+            Ok(a) => a,
+            Err(ScheduleError::UnknownProcess(p)) => {
+                return Outcome::Now(Err(NodeError::UnknownProcess(p)));
+            }
+            Err(e) => return Outcome::Now(Err(NodeError::BadRequest(e.to_string()))),
+        };
+        let signed = self.wallet.sign(assignment.to_message(), rng);
+        in_batch.insert(id, scheduled.len());
+        scheduled.push(Scheduled {
+            assignment,
+            signed,
+            message: message.into_message(),
+        });
+        Outcome::New(scheduled.len() - 1)
+    }
+
+    /// The original ack of a message that is already durable.
+    fn existing_ack(&self, id: &Id) -> Result<Option<Ack>, NodeError> {
+        let Some((process, slot)) = self.store.locate(id)? else {
+            return Ok(None);
+        };
+        let signed = self
+            .store
+            .assignment(&process, slot)?
+            .ok_or_else(|| NodeError::Unavailable("index names a missing assignment".into()))?;
+        let assignment = Assignment::from_message(&signed).map_err(StoreError::from)?;
+        Ok(Some(Ack::new(&assignment, &signed, true)))
+    }
+}
+
+/// Checks a process message before it is scheduled: `type: Process` and a `module` id.
+///
+/// # Errors
+/// [`NodeError::ProcessInvalid`].
+pub fn process_module(message: &Message) -> Result<Id, NodeError> {
+    if message.text("type") != Some(PROCESS_TYPE) {
+        return Err(NodeError::ProcessInvalid("type must be Process".into()));
+    }
+    let module = message
+        .text("module")
+        .ok_or_else(|| NodeError::ProcessInvalid("missing module".into()))?;
+    module
+        .parse()
+        .map_err(|_| NodeError::ProcessInvalid("module is not a message id".into()))
+}
+
+/// The highest computed slot of each process, for `compute` requests that wait for a result.
+#[derive(Debug, Default)]
+pub struct Computed {
+    slots: std::sync::Mutex<std::collections::HashMap<Id, tokio::sync::watch::Sender<Option<u64>>>>,
+}
+
+impl Computed {
+    fn sender(&self, process: Id) -> tokio::sync::watch::Sender<Option<u64>> {
+        // A poisoned lock means a panic elsewhere while holding it; the map itself is still sound.
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots
+            .entry(process)
+            .or_insert_with(|| tokio::sync::watch::channel(None).0)
+            .clone()
+    }
+
+    /// Records that `slot` of `process` has its result stored.
+    pub fn publish(&self, process: Id, slot: u64) {
+        self.sender(process).send_if_modified(|current| {
+            if current.is_none_or(|c| c < slot) {
+                *current = Some(slot);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Waits until `slot` of `process` is computed, at most `timeout`. True when it is.
+    pub async fn wait(&self, process: Id, slot: u64, timeout: std::time::Duration) -> bool {
+        let mut receiver = self.sender(process).subscribe();
+        let reached = receiver.wait_for(|c| c.is_some_and(|c| c >= slot));
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
+    }
+}
+
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+
+use crate::message::Address;
+use crate::schedule::ProcessHead;
+
+/// Module bytes → module message: `{content-type: application/wasm, data: bytes}`, unsigned.
+/// Its id names the module; anyone holding the bytes recomputes it.
+pub fn module_message(wasm: &[u8]) -> Message {
+    Message::new()
+        .with("content-type", "application/wasm")
+        .with("data", wasm.to_vec())
+}
+
+/// Checks module bytes before they are stored (the executor's validation).
+pub type ModuleValidator = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// State shared by the HTTP handlers.
+pub struct Shared {
+    /// The configuration the node runs with.
+    pub config: NodeConfig,
+    /// The node's address (of its key).
+    pub address: Address,
+    /// The node's public key.
+    pub public_key: Vec<u8>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// Submits messages for scheduling.
+    pub sequencer: Sequencer,
+    /// Exported metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Highest computed slot per process.
+    pub computed: Arc<Computed>,
+    /// Last durable head of every process (updated after each commit).
+    pub heads: Arc<RwLock<HashMap<Id, ProcessHead>>>,
+    /// Module validation.
+    pub validate_module: ModuleValidator,
+}
+
+impl Shared {
+    /// `/~meta@1.0/info`: identity, version, devices and public configuration.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "address": self.address,
+            "public-key": crate::message::b64(&self.public_key),
+            "scheme": "ed25519",
+            "version": env!("CARGO_PKG_VERSION"),
+            "devices": DEVICES,
+            "config": self.config.public(),
+            "config-id": self.config.public_id(),
+            "processes": self.read_heads().len(),
+        })
+    }
+
+    /// `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.processes.set(self.read_heads().len() as i64);
+        self.metrics.render()
+    }
+
+    fn read_heads(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Id, ProcessHead>> {
+        // The map is only ever replaced entry by entry; a poisoned lock still holds sound data.
+        self.heads
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The durable head of `process`.
+    ///
+    /// # Errors
+    /// Never today; the signature leaves room for a store lookup.
+    pub fn head(&self, process: &Id) -> Result<Option<ProcessHead>, NodeError> {
+        Ok(self.read_heads().get(process).copied())
+    }
+
+    /// Validates and stores module bytes; returns the module id.
+    ///
+    /// # Errors
+    /// [`NodeError::ModuleInvalid`], [`NodeError::Store`].
+    pub async fn add_module(&self, wasm: &[u8]) -> Result<Id, NodeError> {
+        (self.validate_module)(wasm).map_err(NodeError::ModuleInvalid)?;
+        let id = module_message(wasm).unsigned_id();
+        let store = self.store.clone();
+        let bytes = wasm.to_vec();
+        tokio::task::spawn_blocking(move || store.put_module(&id, &bytes))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))??;
+        Ok(id)
+    }
+}
+
+/// The devices this node runs, as `/~meta@1.0/info` lists them.
+pub const DEVICES: &[&str] = &[
+    "meta@1.0",
+    "message@1.0",
+    "scheduler@1.0",
+    "process@1.0",
+    "wasm@1.0",
+];
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The node key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// The node could not start a component.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The HTTP address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A started node: store open, sequencer and executors running, HTTP bound.
+pub struct Node {
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Node {
+    /// Opens the data directory, loads (or creates) the node key, restores every process, starts
+    /// the sequencer and binds the HTTP address.
+    ///
+    /// # Errors
+    /// [`StartError`].
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        config.check()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let wallet = load_or_create_node_key(&config.data_dir.join("node-key.json"))?;
+        let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
+        let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
+        let heads = Arc::new(RwLock::new(heads));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let computed = Arc::new(Computed::default());
+        let on_commit = {
+            let heads = heads.clone();
+            let metrics = metrics.clone();
+            Box::new(move |batch: Vec<Scheduled>| {
+                metrics.commits.inc();
+                metrics.commit_batch_size.observe(batch.len() as f64);
+                let mut heads = heads
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for s in &batch {
+                    heads.insert(s.assignment.process, ProcessHead::after(&s.assignment));
+                }
+            })
+        };
+        let (sequencer, _thread) = Sequencer::start(
+            store.clone(),
+            wallet.clone(),
+            config.commit_batch_max,
+            on_commit,
+        )?;
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            address: wallet.address(),
+            public_key: wallet.public_key(),
+            config,
+            store,
+            sequencer,
+            metrics,
+            computed,
+            heads,
+            validate_module: Box::new(|_| Ok(())),
+        });
+        Ok(Self { shared, listener })
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    ///
+    /// # Errors
+    /// I/O errors from the socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The node's address.
+    pub fn address(&self) -> Address {
+        self.shared.address
+    }
+
+    /// Serves HTTP until `shutdown` completes.
+    ///
+    /// # Errors
+    /// I/O errors of the listener.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = crate::api::router(self.shared);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -23,7 +23,10 @@ fn fixed_wallet() -> Wallet {
 fn cases() -> Vec<(&'static str, Message)> {
     vec![
         ("empty", Message::new()),
-        ("text-and-int", Message::new().with("data", "hello").with("n", 42)),
+        (
+            "text-and-int",
+            Message::new().with("data", "hello").with("n", 42),
+        ),
         ("negative-int", Message::new().with("n", i64::MIN)),
         ("binary", Message::new().with("raw", vec![0u8, 0xff, 0x10])),
         (
@@ -65,7 +68,9 @@ fn generate() -> Json {
         })
         .collect();
     let process = Id([7; 32]);
-    let ids: Vec<Id> = (0u8..4).map(|n| if n == 0 { process } else { Id([n; 32]) }).collect();
+    let ids: Vec<Id> = (0u8..4)
+        .map(|n| if n == 0 { process } else { Id([n; 32]) })
+        .collect();
     let mut path = Hashpath::base(&process);
     let hashpaths: Vec<String> = ids
         .iter()
@@ -104,7 +109,11 @@ fn vectors_are_unchanged() {
     let generated = generate();
     if std::env::var_os("FERROBEAM_WRITE_VECTORS").is_some() {
         std::fs::create_dir_all(vectors_dir()).unwrap();
-        std::fs::write(&path, serde_json::to_string_pretty(&generated).unwrap() + "\n").unwrap();
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&generated).unwrap() + "\n",
+        )
+        .unwrap();
     }
     let committed: Json = serde_json::from_slice(
         &std::fs::read(&path).expect("tests/vectors/protocol-v1.json is committed"),
@@ -122,13 +131,22 @@ fn every_form_of_a_vector_has_the_same_id() {
         let message = json::from_json(&case["json"]).unwrap();
         let expected: Id = case["unsigned-id"].as_str().unwrap().parse().unwrap();
         assert_eq!(message.unsigned_id(), expected, "{}", case["name"]);
-        assert_eq!(hex::encode(message.canonical()), case["canonical-hex"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(message.canonical()),
+            case["canonical-hex"].as_str().unwrap()
+        );
         let via_wire = wire::decode(&wire::encode(&message)).unwrap();
         assert_eq!(via_wire.id(), expected);
         let signed = fixed_wallet().sign(message, &mut rand::rngs::OsRng);
         let signed_id: Id = case["signed"]["id"].as_str().unwrap().parse().unwrap();
         assert_eq!(signed.id(), signed_id);
-        assert_eq!(wire::decode(&wire::encode(&signed)).unwrap().id(), signed_id);
-        assert_eq!(json::from_json(&json::to_json(&signed)).unwrap().id(), signed_id);
+        assert_eq!(
+            wire::decode(&wire::encode(&signed)).unwrap().id(),
+            signed_id
+        );
+        assert_eq!(
+            json::from_json(&json::to_json(&signed)).unwrap().id(),
+            signed_id
+        );
     }
 }

@@ -1,0 +1,265 @@
+//! The HTTP API against real nodes on ephemeral ports: bad input is refused with a JSON error and
+//! writes nothing; concurrent senders get gap-free, unique slots; a restart keeps everything.
+
+mod common;
+
+use common::*;
+use ferrobeam::message::{Id, Message, wire};
+use ferrobeam::schedule::{Assignment, verify_schedule};
+use serde_json::Value as Json;
+
+fn current_slot(base: &str, process: &Id) -> u64 {
+    let (status, body) = get(base, &format!("/{process}/slot")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["current"].as_u64().unwrap()
+}
+
+fn assert_error(answer: (u16, Json), status: u16, code: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["error"], code, "{}", answer.1);
+    assert!(answer.1["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_writes_nothing() {
+    let dir = tempdir();
+    let mut config = config(dir.path());
+    config.body_bytes_max = 64 * 1024;
+    let node = InProcessNode::start(config);
+    let base = node.url();
+    let alice = wallet(1);
+    let process = spawn_wat(&base, &alice, NOOP_WAT, &[]);
+    let schedule = format!("/{process}/schedule");
+    let before = current_slot(&base, &process);
+
+    // Malformed JSON and rkyv.
+    assert_error(
+        post(&base, &schedule, "application/json", b"{nope"),
+        400,
+        "JsonInvalid",
+    );
+    assert_error(
+        post(
+            &base,
+            &schedule,
+            "application/x-ferrobeam-message",
+            &[0x55; 100],
+        ),
+        400,
+        "WireInvalid",
+    );
+    // Unsigned, and signed by someone else's signature.
+    let unsigned = Message::new().with("target", process.to_string());
+    assert_error(post_message(&base, &schedule, &unsigned), 401, "Unsigned");
+    let signed = alice.sign(unsigned.clone().with("n", 1), &mut rand::rngs::OsRng);
+    let mut forged_body = serde_json::to_value(ferrobeam::message::json::to_json(&signed)).unwrap();
+    forged_body["n"] = 2.into();
+    assert_error(
+        post(
+            &base,
+            &schedule,
+            "application/json",
+            forged_body.to_string().as_bytes(),
+        ),
+        401,
+        "SignatureInvalid",
+    );
+    // A commitment with a malformed key.
+    let bad_key = serde_json::json!({
+        "target": process.to_string(),
+        "commitments": [{"scheme": "ed25519", "key": "AAAA", "signature": "AAAA"}],
+    });
+    assert_error(
+        post(
+            &base,
+            &schedule,
+            "application/json",
+            bad_key.to_string().as_bytes(),
+        ),
+        400,
+        "CommitmentInvalid",
+    );
+    // Unknown process, wrong target, no target.
+    let ghost = Id([9; 32]);
+    let to_ghost = alice.sign(
+        Message::new().with("target", ghost.to_string()),
+        &mut rand::rngs::OsRng,
+    );
+    assert_error(
+        post_message(&base, &format!("/{ghost}/schedule"), &to_ghost),
+        404,
+        "UnknownProcess",
+    );
+    assert_error(
+        post_message(&base, &schedule, &to_ghost),
+        400,
+        "TargetMismatch",
+    );
+    let no_target = alice.sign(Message::new().with("n", 1), &mut rand::rngs::OsRng);
+    assert_error(
+        post_message(&base, &schedule, &no_target),
+        400,
+        "BadRequest",
+    );
+    // A spawn naming a module the node does not have.
+    let orphan = alice.sign(
+        Message::new()
+            .with("type", "Process")
+            .with("module", Id([3; 32]).to_string()),
+        &mut rand::rngs::OsRng,
+    );
+    assert_error(
+        post_message(&base, "/~scheduler@1.0/schedule", &orphan),
+        404,
+        "UnknownModule",
+    );
+    // A body over the configured maximum.
+    let big = alice.sign(
+        Message::new()
+            .with("target", process.to_string())
+            .with("data", "x".repeat(100_000)),
+        &mut rand::rngs::OsRng,
+    );
+    assert_error(post_message(&base, &schedule, &big), 413, "BodyTooLarge");
+    // Bad ids and queries, unknown routes.
+    assert_error(get(&base, "/not-an-id/slot").unwrap(), 400, "IdInvalid");
+    assert_error(
+        get(&base, &format!("/{ghost}/slot")).unwrap(),
+        404,
+        "UnknownProcess",
+    );
+    assert_error(
+        get(&base, &format!("/{process}/compute?slot=x")).unwrap(),
+        400,
+        "BadRequest",
+    );
+    assert_error(
+        get(&base, &format!("/{process}/compute?slot=999")).unwrap(),
+        404,
+        "SlotNotAssigned",
+    );
+    assert_error(
+        get(&base, "/~nothing@1.0/here/at/all").unwrap(),
+        404,
+        "NotFound",
+    );
+
+    // Nothing was written, and the node still serves.
+    assert_eq!(current_slot(&base, &process), before);
+    let ack = send(&base, &alice, &process, &[("n", "1")]);
+    assert_eq!(ack["slot"].as_u64(), Some(before + 1));
+    let (_, metrics) = get(&base, "/metrics").unwrap();
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("ferrobeam_requests_rejected_total{code=\"SignatureInvalid\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn wire_form_is_accepted_and_duplicates_return_the_original_ack() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let alice = wallet(2);
+    let process = spawn_wat(&base, &alice, NOOP_WAT, &[]);
+    let message = alice.sign(
+        Message::new()
+            .with("target", process.to_string())
+            .with("n", 5),
+        &mut rand::rngs::OsRng,
+    );
+    let bytes = wire::encode(&message);
+    let (status, first) = post(
+        &base,
+        &format!("/{process}/schedule"),
+        "application/x-ferrobeam-message",
+        &bytes,
+    );
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["id"], message.id().to_string());
+    let (status, again) = post_message(&base, &format!("/{process}/schedule"), &message);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["slot"], first["slot"]);
+    assert_eq!(again["assignment"], first["assignment"]);
+    assert_eq!(current_slot(&base, &process), 1);
+}
+
+#[test]
+fn concurrent_senders_get_unique_gap_free_slots() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let process = spawn_wat(&base, &wallet(3), NOOP_WAT, &[]);
+    let (senders, each) = (8, 40);
+    let slots: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..senders)
+            .map(|t| {
+                let base = base.clone();
+                scope.spawn(move || {
+                    let w = wallet(10 + t as u8);
+                    (0..each)
+                        .map(|i| {
+                            send(&base, &w, &process, &[("i", &i.to_string())])["slot"]
+                                .as_u64()
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = slots.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), senders * each, "duplicate slots");
+    assert_eq!(
+        sorted,
+        (1..=(senders * each) as u64).collect::<Vec<_>>(),
+        "gaps"
+    );
+    let (_, page) = get(&base, &format!("/{process}/schedule?from=0")).unwrap();
+    let assignments: Vec<Assignment> = page["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            Assignment::from_message(
+                &ferrobeam::message::json::from_json(&a["assignment"]).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(assignments.len(), senders * each + 1);
+    assert_eq!(verify_schedule(&process, &assignments), Ok(()));
+}
+
+#[test]
+fn restart_keeps_processes_chains_and_the_node_key() {
+    let dir = tempdir();
+    let alice = wallet(4);
+    let (process, address, head) = {
+        let node = InProcessNode::start(config(dir.path()));
+        let base = node.url();
+        let process = spawn_wat(&base, &alice, NOOP_WAT, &[]);
+        for i in 0..5 {
+            send(&base, &alice, &process, &[("i", &i.to_string())]);
+        }
+        let (_, info) = get(&base, "/~meta@1.0/info").unwrap();
+        let (_, head) = get(&base, &format!("/{process}/slot")).unwrap();
+        (process, info["address"].clone(), head)
+    };
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let (_, info) = get(&base, "/~meta@1.0/info").unwrap();
+    assert_eq!(info["address"], address);
+    let (_, head_after) = get(&base, &format!("/{process}/slot")).unwrap();
+    assert_eq!(head_after, head);
+    let ack = send(&base, &alice, &process, &[("i", "after")]);
+    assert_eq!(ack["slot"], 6);
+}

@@ -340,6 +340,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reported_flags_are_unique_cpuinfo_names() {
+        let unique: BTreeSet<&str> = REPORTED_FLAGS.iter().copied().collect();
+        assert_eq!(unique.len(), REPORTED_FLAGS.len());
+        assert!(REPORTED_FLAGS.iter().all(|name| {
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }));
+    }
+
+    #[test]
     fn sizes_parse_with_kernel_suffixes() {
         assert_eq!(parse_size("32K"), Some(32 * 1024));
         assert_eq!(parse_size("32768K"), Some(32 * 1024 * 1024));

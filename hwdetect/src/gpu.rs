@@ -186,4 +186,17 @@ mod tests {
         assert_eq!(sysfs_bus_id("garbage"), None);
         assert_eq!(sysfs_bus_id("0000:zz:00.0"), None);
     }
+
+    #[test]
+    fn numa_node_falls_back_to_the_pci_device() {
+        let sys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/two-socket/sys");
+        assert_eq!(pci_numa_node(&sys, "0000:3b:00.0"), Some(1));
+        assert_eq!(
+            pci_numa_node(&sys, "0000:86:00.0"),
+            None,
+            "-1 is no affinity"
+        );
+        assert_eq!(pci_numa_node(&sys, "0000:ff:00.0"), None, "absent device");
+        assert_eq!(pci_numa_node(&sys, "../../../etc"), None);
+    }
 }

@@ -217,6 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn directory_walks_stop_at_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["cpu10", "cpu2", "online", "cpu0"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(
+            numbered(dir.path(), "cpu", "CPUs", 4).unwrap(),
+            vec![0, 2, 10]
+        );
+        let error = numbered(dir.path(), "cpu", "CPUs", 3).unwrap_err();
+        assert!(
+            matches!(error, DetectError::TooMany { max: 3, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn fields_are_found_by_exact_key() {
         let table = "MemTotal:  100 kB\nMemTotalX: 5 kB\nmodel name\t: AMD EPYC\n";
         assert_eq!(field(table, "MemTotal"), Some("100 kB"));

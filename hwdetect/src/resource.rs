@@ -171,3 +171,43 @@ impl Inventory {
         resources
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(name: &str, mac: Option<&str>) -> Nic {
+        Nic {
+            name: name.into(),
+            mac: mac.map(str::to_owned),
+            mtu: 1500,
+            speed_mbps: None,
+            driver: None,
+            rx_queues: 1,
+            tx_queues: 1,
+            numa_node: None,
+        }
+    }
+
+    #[test]
+    fn nic_identities_fall_back_to_names_when_macs_do_not_identify() {
+        let nics = vec![
+            nic("eno1", Some("b4:96:91:aa:bb:01")),
+            nic("bond-a", Some("b4:96:91:aa:bb:02")),
+            nic("bond-b", Some("b4:96:91:aa:bb:02")),
+            nic("vf0", Some("00:00:00:00:00:00")),
+            nic("ib0", None),
+        ];
+        let identities: Vec<String> = nics.iter().map(|n| nic_identity(n, &nics)).collect();
+        assert_eq!(
+            identities,
+            [
+                "b4:96:91:aa:bb:01",
+                "name:bond-a",
+                "name:bond-b",
+                "name:vf0",
+                "name:ib0"
+            ]
+        );
+    }
+}

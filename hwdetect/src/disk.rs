@@ -2,7 +2,7 @@
 //!
 //! Only block devices backed by a device are listed: loop, zram, ram, device-mapper and md
 //! devices (everything under `/sys/devices/virtual/block`) are views over other disks or memory,
-//! not hardware, and are skipped.
+//! not hardware, and are skipped; so are devices of size 0 (drives without media).
 
 use std::path::Path;
 
@@ -81,7 +81,10 @@ pub(crate) fn detect(roots: &Roots) -> Result<Vec<Disk>, DetectError> {
         if relative.starts_with("devices/virtual") {
             continue;
         }
-        disks.push(disk(&dir, &name, &relative.to_string_lossy(), &mounts)?);
+        let disk = disk(&dir, &name, &relative.to_string_lossy(), &mounts)?;
+        if disk.size_bytes > 0 {
+            disks.push(disk); // Size 0 is a drive without media (card reader, CD): nothing to allocate.
+        }
     }
     Ok(disks)
 }

@@ -136,6 +136,11 @@ pub(crate) fn detect(roots: &Roots) -> Result<Cpu, DetectError> {
     let block = cpuinfo.split("\n\n").next().unwrap_or_default();
     let places = topology::places(roots)?;
     let flags = reported_flags(block);
+    let logical_cpus = u32::try_from(places.len()).expect("places are bounded by CPU_MAX");
+    let physical_cores = count_distinct(places.iter().map(|place| &place.siblings));
+    let sockets = count_distinct(places.iter().map(|place| place.package_id));
+    // Each CPU adds at most one package and one sibling set.
+    assert!(physical_cores <= logical_cpus && sockets <= logical_cpus);
     Ok(Cpu {
         vendor: identity_field(block, &["vendor_id", "CPU implementer"], &cpuinfo_path)?,
         brand: identity_field(block, &["model name", "Hardware"], &cpuinfo_path)?,
@@ -143,9 +148,9 @@ pub(crate) fn detect(roots: &Roots) -> Result<Cpu, DetectError> {
         model: number_field(block, "model"),
         stepping: number_field(block, "stepping"),
         microcode: read::field(block, "microcode").map(str::to_owned),
-        sockets: count_distinct(places.iter().map(|place| place.package_id)),
-        physical_cores: count_distinct(places.iter().map(|place| &place.siblings)),
-        logical_cpus: u32::try_from(places.len()).expect("places are bounded by CPU_MAX"),
+        sockets,
+        physical_cores,
+        logical_cpus,
         caches: caches(roots, &places)?,
         hypervisor: flags.iter().any(|flag| flag == "hypervisor"),
         flags,

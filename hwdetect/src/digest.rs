@@ -55,16 +55,6 @@ struct StableNic<'a> {
     numa_node: Option<u32>,
 }
 
-impl<T> Part<T> {
-    /// The same part with its value mapped; an error stays the same error.
-    pub fn map<'a, U>(&'a self, f: impl FnOnce(&'a T) -> U) -> Part<U> {
-        match self {
-            Part::Ok(value) => Part::Ok(f(value)),
-            Part::Error(reason) => Part::Error(reason.clone()),
-        }
-    }
-}
-
 fn stable_disk(disk: &Disk) -> StableDisk<'_> {
     StableDisk {
         name: &disk.name,

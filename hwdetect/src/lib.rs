@@ -65,8 +65,8 @@ pub const CPU_MAX: usize = 8192;
 pub const NUMA_NODE_MAX: usize = 1024;
 /// Most cache descriptions (`cpuN/cache/indexM`) read per CPU; real CPUs have 4 or 5.
 pub const CACHE_INDEX_MAX: usize = 16;
-/// Most entries read from `/sys/class/net`, virtual interfaces included (containers hosts with
-/// many veths get near hundreds). Over it: the `nics` part fails.
+/// Most entries read from `/sys/class/net`, virtual interfaces included (container hosts with
+/// many veths reach hundreds). Over it: the `nics` part fails.
 pub const NIC_MAX: usize = 4096;
 /// Most rx or tx queues counted per NIC (large NICs expose 128 to 512).
 pub const NIC_QUEUE_MAX: usize = 4096;
@@ -172,6 +172,14 @@ impl<T> Part<T> {
         match self {
             Part::Ok(_) => None,
             Part::Error(reason) => Some(reason),
+        }
+    }
+
+    /// The same part with its value mapped; an error stays the same error.
+    pub fn map<'a, U>(&'a self, f: impl FnOnce(&'a T) -> U) -> Part<U> {
+        match self {
+            Part::Ok(value) => Part::Ok(f(value)),
+            Part::Error(reason) => Part::Error(reason.clone()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Topology: which logical CPU sits on which package, core and NUMA node, from
 //! `/sys/devices/system/cpu` and `/sys/devices/system/node`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,22 +59,24 @@ pub(crate) struct CpuPlace {
 pub(crate) fn detect(roots: &Roots) -> Result<Topology, DetectError> {
     let places = places(roots)?;
     let numa_nodes = numa_nodes(roots)?;
-    let node_of = |cpu: u32| {
-        numa_nodes
-            .iter()
-            .find(|node| node.cpus.contains(&cpu))
-            .map(|node| node.id)
-    };
-    let cpus = places
+    let node_of: BTreeMap<u32, u32> = numa_nodes
+        .iter()
+        .flat_map(|node| node.cpus.iter().map(|cpu| (*cpu, node.id)))
+        .collect();
+    let cpus: Vec<LogicalCpu> = places
         .iter()
         .map(|place| LogicalCpu {
             id: place.id,
             package_id: place.package_id,
             core_id: place.core_id,
-            numa_node: node_of(place.id),
+            numa_node: node_of.get(&place.id).copied(),
         })
         .collect();
     let smt_siblings: BTreeSet<Vec<u32>> = places.into_iter().map(|place| place.siblings).collect();
+    assert!(
+        smt_siblings.len() <= cpus.len(),
+        "one sibling set per CPU at most"
+    );
     Ok(Topology {
         numa_nodes,
         cpus,

@@ -37,6 +37,15 @@ enum Command {
     Result(ResultArgs),
     /// Recompute a process locally from its schedule and compare with the node's results.
     Audit(AuditArgs),
+    /// Show this machine's hardware inventory.
+    Hw(HwArgs),
+}
+
+#[derive(Args, Debug)]
+struct HwArgs {
+    /// Print the inventory as JSON (the versioned schema of docs/hwdetect.md).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Default)]
@@ -165,6 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Send(args) => send(args),
         Command::Result(args) => result(args),
         Command::Audit(args) => audit(args),
+        Command::Hw(args) => hw(args),
     }
 }
 
@@ -367,6 +377,16 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn hw(args: HwArgs) -> Result<ExitCode> {
+    let inventory = ferrobeam_hwdetect::Inventory::detect();
+    if args.json {
+        println!("{}", inventory.to_json());
+    } else {
+        println!("{}", inventory.summary());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print(json_mode: bool, value: &Json, human: impl FnOnce() -> String) {

@@ -493,6 +493,8 @@ pub struct Shared {
     pub heads: Arc<RwLock<HashMap<Id, ProcessHead>>>,
     /// Module validation.
     pub validate_module: ModuleValidator,
+    /// The hardware inventory, detected at start.
+    pub inventory: ferrobeam_hwdetect::Inventory,
 }
 
 impl Shared {
@@ -507,13 +509,21 @@ impl Shared {
             "config": self.config.public(),
             "config-id": self.config.public_id(),
             "processes": self.read_heads().len(),
+            "inventory-digest": self.inventory.digest_hex(),
         })
     }
 
     /// `/metrics` text.
     pub fn metrics_text(&self) -> String {
         self.metrics.processes.set(self.read_heads().len() as i64);
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        // prometheus-client ends with `# EOF`; the inventory gauges go before it.
+        if let Some(stripped) = text.strip_suffix("# EOF\n") {
+            text = stripped.to_owned();
+        }
+        text.push_str(&self.inventory.prometheus());
+        text.push_str("# EOF\n");
+        text
     }
 
     fn read_heads(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Id, ProcessHead>> {
@@ -609,6 +619,9 @@ impl Node {
             source,
         })?;
         let wallet = load_or_create_node_key(&config.data_dir.join("node-key.json"))?;
+        let inventory = tokio::task::spawn_blocking(ferrobeam_hwdetect::Inventory::detect)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("hardware detection: {e}")))?;
         let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
         let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
         let heads = Arc::new(RwLock::new(heads));
@@ -650,6 +663,7 @@ impl Node {
             computed,
             heads,
             validate_module: Box::new(|_| Ok(())),
+            inventory,
         });
         Ok(Self { shared, listener })
     }

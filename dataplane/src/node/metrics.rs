@@ -31,6 +31,8 @@ pub struct Metrics {
     pub slot_errors: Counter,
     /// Processes known to this node.
     pub processes: Gauge,
+    /// Recomputed slots whose result differs from the stored one (must stay 0: determinism).
+    pub replay_mismatches: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let slots_computed = Counter::default();
         let slot_errors = Counter::default();
         let processes = Gauge::default();
+        let replay_mismatches = Counter::default();
         registry.register(
             "messages_scheduled",
             "Messages durably scheduled and acknowledged",
@@ -83,6 +86,11 @@ impl Metrics {
             slot_errors.clone(),
         );
         registry.register("processes", "Processes on this node", processes.clone());
+        registry.register(
+            "replay_mismatches",
+            "Recomputed slots whose result differs from the stored one",
+            replay_mismatches.clone(),
+        );
         Self {
             registry,
             messages_scheduled,
@@ -92,6 +100,7 @@ impl Metrics {
             slots_computed,
             slot_errors,
             processes,
+            replay_mismatches,
         }
     }
 

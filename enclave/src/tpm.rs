@@ -232,8 +232,7 @@ impl TpmSession {
             }
         };
         let ak_public_bytes = ak_public.marshall().map_err(tpm_error("marshal AK public"))?;
-        // Absent unless the TPM was provisioned with one (swtpm_setup --create-ek-cert).
-        let ek_certificate = ek::retrieve_ek_pubcert(&mut context, config.ek_algorithm.selection()).ok();
+        let ek_certificate = read_ek_certificate(&mut context, config.ek_algorithm);
         Ok(TpmSession {
             context,
             config: config.clone(),
@@ -323,6 +322,31 @@ impl TpmSession {
         }
         Ok(values)
     }
+}
+
+/// The EK certificate from its TCG NV index, if the TPM was provisioned with one (real TPMs
+/// are; swtpm only with `swtpm_setup --create-ek-cert`). The index is looked up first, so an
+/// unprovisioned TPM does not make the TSS log errors.
+fn read_ek_certificate(context: &mut Context, algorithm: EkAlgorithm) -> Option<Vec<u8>> {
+    use tss_esapi::constants::CapabilityType;
+    use tss_esapi::handles::TpmHandle;
+    use tss_esapi::structures::CapabilityData;
+    let index = match algorithm {
+        EkAlgorithm::EccP384 => 0x01c0_0016,
+        EkAlgorithm::Rsa2048 => 0x01c0_0002,
+    };
+    let (data, _) = context
+        .get_capability(CapabilityType::Handles, index, 1)
+        .ok()?;
+    let CapabilityData::Handles(handles) = data else {
+        return None;
+    };
+    let wanted = TpmHandle::try_from(index).ok()?;
+    let present = handles.first() == Some(&wanted);
+    if !present {
+        return None;
+    }
+    ek::retrieve_ek_pubcert(context, algorithm.selection()).ok()
 }
 
 fn selection(pcrs: &[u8]) -> Result<PcrSelectionList, EnclaveError> {

@@ -85,7 +85,9 @@ pub enum Error {
     SnpProduct(String),
     /// No VCEK came with the evidence or from the certificate cache. The URL is where AMD's key
     /// distribution service serves it; put the DER under `cache_file_name` in the cache directory.
-    #[error("no VCEK for this chip and TCB: fetch {url} and save it as {cache_file_name} in the certificate directory")]
+    #[error(
+        "no VCEK for this chip and TCB: fetch {url} and save it as {cache_file_name} in the certificate directory"
+    )]
     VcekMissing {
         /// The exact AMD KDS URL of the VCEK (DER).
         url: String,

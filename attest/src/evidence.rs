@@ -441,7 +441,10 @@ impl Evidence {
         }
         let nonce_bytes = self.nonce.0.len();
         if !(NONCE_BYTES_MIN..=NONCE_BYTES_MAX).contains(&nonce_bytes) {
-            return Err(field("nonce", format!("{nonce_bytes} bytes, expected 16 to 64")));
+            return Err(field(
+                "nonce",
+                format!("{nonce_bytes} bytes, expected 16 to 64"),
+            ));
         }
         if self.report.0.len() > REPORT_BYTES_MAX {
             return Err(field("report", "too large".into()));
@@ -451,7 +454,10 @@ impl Evidence {
         }
         let ascending = self.pcrs.windows(2).all(|w| w[0].index < w[1].index);
         if !ascending || self.pcrs.iter().any(|p| p.index >= 24) {
-            return Err(field("pcrs", "indices must be ascending, unique and below 24".into()));
+            return Err(field(
+                "pcrs",
+                "indices must be ascending, unique and below 24".into(),
+            ));
         }
         match self.kind {
             EvidenceKind::Tpm => {
@@ -459,7 +465,10 @@ impl Evidence {
                     return Err(field("report_signature", "required for kind tpm".into()));
                 }
                 if self.certificates.ak_public.is_none() {
-                    return Err(field("certificates.ak_public", "required for kind tpm".into()));
+                    return Err(field(
+                        "certificates.ak_public",
+                        "required for kind tpm".into(),
+                    ));
                 }
             }
             EvidenceKind::Snp | EvidenceKind::None => {

@@ -118,9 +118,8 @@ struct TpmPolicyFile {
 
 fn hex_array<const N: usize>(what: &str, text: &str) -> Result<[u8; N], Error> {
     let bytes = hex::decode(text).map_err(|e| Error::Policy(format!("{what}: {e}")))?;
-    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
-        Error::Policy(format!("{what}: {} bytes, expected {N}", bytes.len()))
-    })
+    <[u8; N]>::try_from(bytes.as_slice())
+        .map_err(|_| Error::Policy(format!("{what}: {} bytes, expected {N}", bytes.len())))
 }
 
 impl Policy {

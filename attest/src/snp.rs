@@ -690,7 +690,10 @@ impl VcekKey {
 
     fn spl_query(&self) -> String {
         let tcb = &self.tcb;
-        let fmc = tcb.fmc.map(|fmc| format!("fmcSPL={fmc:02}&")).unwrap_or_default();
+        let fmc = tcb
+            .fmc
+            .map(|fmc| format!("fmcSPL={fmc:02}&"))
+            .unwrap_or_default();
         format!(
             "{fmc}blSPL={:02}&teeSPL={:02}&snpSPL={:02}&ucodeSPL={:02}",
             tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode

@@ -365,12 +365,18 @@ pub fn verify_signature(
             let (x, y) = (left_pad_32(x), left_pad_32(y));
             let (x, y) = x.zip(y).ok_or(bad_point.clone())?;
             let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-            let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|_| bad_point)?;
-            let (r, s) = left_pad_32(r).zip(left_pad_32(s)).ok_or(Error::TpmQuoteSignatureInvalid)?;
+            let key =
+                p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|_| bad_point)?;
+            let (r, s) = left_pad_32(r)
+                .zip(left_pad_32(s))
+                .ok_or(Error::TpmQuoteSignatureInvalid)?;
             let signature = p256::ecdsa::Signature::from_scalars(r, s).map_err(invalid)?;
             key.verify(message, &signature).map_err(invalid)
         }
-        (AkKey::Rsa { modulus, exponent }, QuoteSignature::RsaSsa(sig) | QuoteSignature::RsaPss(sig)) => {
+        (
+            AkKey::Rsa { modulus, exponent },
+            QuoteSignature::RsaSsa(sig) | QuoteSignature::RsaPss(sig),
+        ) => {
             let key = rsa::RsaPublicKey::new(
                 rsa::BigUint::from_bytes_be(modulus),
                 rsa::BigUint::from(*exponent),
@@ -488,7 +494,9 @@ pub fn verify_quote(
 
 fn check_pcrs(quote: &Quote, pcrs: &[PcrValue], policy: &TpmPolicy) -> Result<(), Error> {
     let [selection] = quote.pcr_selections.as_slice() else {
-        return Err(Error::TpmPcrSelectionMismatch("expected exactly one PCR bank"));
+        return Err(Error::TpmPcrSelectionMismatch(
+            "expected exactly one PCR bank",
+        ));
     };
     if selection.hash_algorithm != ALG_SHA256 {
         return Err(Error::TpmPcrSelectionMismatch("the bank is not sha256"));

@@ -1,13 +1,13 @@
 //! The front door: [`Verifier::verify`] runs every check on [`Evidence`] and returns a
 //! [`Verified`] proof, which nothing outside this module can construct.
 
+use crate::Error;
 use crate::evidence::{
     Evidence, EvidenceKind, NodeKeyScheme, NodePublicKey, ReportData, StateDigest, StateParts,
 };
 use crate::policy::Policy;
 use crate::snp::{self, AmdChain, CertificateCache, Product, SnpReport, Vcek, VcekKey};
 use crate::tpm::{self, QuoteParts};
-use crate::Error;
 
 /// Checks the node-key signature over [`Evidence::signing_bytes`]. Pluggable so a node key
 /// scheme other than Ed25519 can be added without touching the hardware checks.
@@ -181,7 +181,9 @@ impl<'a> Verifier<'a> {
         )?;
         let report_data = evidence.report_data();
         let claims = match evidence.kind {
-            EvidenceKind::Snp => HardwareClaims::Snp(self.verify_snp(evidence, &report_data, now_unix_s)?),
+            EvidenceKind::Snp => {
+                HardwareClaims::Snp(self.verify_snp(evidence, &report_data, now_unix_s)?)
+            }
             EvidenceKind::Tpm => HardwareClaims::Tpm(self.verify_tpm(evidence, &report_data)?),
             EvidenceKind::None if self.allow_insecure => HardwareClaims::InsecureNone,
             EvidenceKind::None => return Err(Error::InsecureEvidenceRejected),
@@ -228,13 +230,16 @@ impl<'a> Verifier<'a> {
         if let Some(der) = &evidence.certificates.vcek {
             return Vcek::from_der(&der.0);
         }
-        let product = report.product_from_cpuid().or(policy_product).ok_or_else(|| {
-            Error::SnpProduct(
+        let product = report
+            .product_from_cpuid()
+            .or(policy_product)
+            .ok_or_else(|| {
+                Error::SnpProduct(
                 "no VCEK, and neither the report (version 2) nor the policy names the product; \
                  set snp.product in the policy"
                     .into(),
             )
-        })?;
+            })?;
         let key = VcekKey::for_report(report, product);
         if let Some(cache) = self.cache
             && let Some(der) = cache.vcek(&key)?
@@ -258,11 +263,12 @@ impl<'a> Verifier<'a> {
             .as_ref()
             .ok_or(Error::KindNotAllowedByPolicy(EvidenceKind::Tpm))?;
         // check_shape guarantees both are present for kind tpm.
-        let (Some(signature), Some(ak_public)) = (
-            &evidence.report_signature,
-            &evidence.certificates.ak_public,
-        ) else {
-            return Err(Error::Unreachable("check_shape let TPM evidence through without its parts"));
+        let (Some(signature), Some(ak_public)) =
+            (&evidence.report_signature, &evidence.certificates.ak_public)
+        else {
+            return Err(Error::Unreachable(
+                "check_shape let TPM evidence through without its parts",
+            ));
         };
         let parts = QuoteParts {
             attest: &evidence.report.0,

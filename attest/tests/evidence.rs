@@ -130,7 +130,11 @@ fn node_signature_detects_tampering_of_every_field() {
     for (what, tamper) in tampers {
         let mut evidence = none_evidence();
         tamper(&mut evidence);
-        assert_eq!(verify(&evidence), Some(Error::NodeSignatureInvalid), "{what}");
+        assert_eq!(
+            verify(&evidence),
+            Some(Error::NodeSignatureInvalid),
+            "{what}"
+        );
     }
 }
 
@@ -196,7 +200,10 @@ fn binding_and_state_digest_vectors() {
     let mut bytes = b"ferrobeam-state-v1".to_vec();
     bytes.extend([0u8; 32]);
     bytes.extend([0u8, 0u8]);
-    assert_eq!(minimal_digest.0, <[u8; 32]>::from(sha2::Sha256::digest(&bytes)));
+    assert_eq!(
+        minimal_digest.0,
+        <[u8; 32]>::from(sha2::Sha256::digest(&bytes))
+    );
     let mut bytes = b"ferrobeam-state-v1".to_vec();
     bytes.extend([1u8; 32]);
     bytes.push(1);
@@ -204,12 +211,18 @@ fn binding_and_state_digest_vectors() {
     bytes.push(1);
     bytes.extend([3u8; 32]);
     bytes.extend([4u8; 32]);
-    assert_eq!(full_digest.0, <[u8; 32]>::from(sha2::Sha256::digest(&bytes)));
+    assert_eq!(
+        full_digest.0,
+        <[u8; 32]>::from(sha2::Sha256::digest(&bytes))
+    );
     let mut bytes = b"ferrobeam-attest-v1".to_vec();
     bytes.extend([0x11u8; 32]);
     bytes.extend(full_digest.0);
     bytes.extend(nonce);
-    assert_eq!(report_data.0, <[u8; 64]>::from(sha2::Sha512::digest(&bytes)));
+    assert_eq!(
+        report_data.0,
+        <[u8; 64]>::from(sha2::Sha512::digest(&bytes))
+    );
     assert_eq!(
         hex::encode(full_digest.0),
         "b3423348b2a1c1e1ad0c656d204cfe7f5523dfe044d8082405d9d75596dbedee"
@@ -255,13 +268,16 @@ trusted_aks = ["000b000000000000000000000000000000000000000000000000000000000000
     assert_eq!(tpm.pcrs.get(&0), Some(&[0u8; 32]));
 
     for bad in [
-        "allow_insecure = true",                          // misspelt key
-        "[snp]\nmeasurements = [\"abcd\"]",               // short measurement
-        "[snp]\nallow_debug = \"yes\"",                   // wrong type
-        "[tpm]\ntrusted_aks = [\"00\"]",                  // short name
-        "[tpm.pcrs]\n24 = \"00\"",                        // PCR out of range
-        "[snp]\nproduct = \"Naples\"",                    // no SNP on Naples
+        "allow_insecure = true",            // misspelt key
+        "[snp]\nmeasurements = [\"abcd\"]", // short measurement
+        "[snp]\nallow_debug = \"yes\"",     // wrong type
+        "[tpm]\ntrusted_aks = [\"00\"]",    // short name
+        "[tpm.pcrs]\n24 = \"00\"",          // PCR out of range
+        "[snp]\nproduct = \"Naples\"",      // no SNP on Naples
     ] {
-        assert!(matches!(Policy::from_toml(bad), Err(Error::Policy(_))), "{bad}");
+        assert!(
+            matches!(Policy::from_toml(bad), Err(Error::Policy(_))),
+            "{bad}"
+        );
     }
 }

@@ -4,8 +4,8 @@ use ferrobeam_attest::snp::{
     self, AmdChain, CertificateCache, Product, SnpReport, TcbField, Vcek, VcekKey,
 };
 use ferrobeam_attest::{
-    Blob, Certificates, Error, Evidence, EvidenceKind, Id32, MinTcb, NodeKeyScheme,
-    NodePublicKey, NodeSignature, Policy, SnpPolicy, StateParts, Verifier,
+    Blob, Certificates, Error, Evidence, EvidenceKind, Id32, MinTcb, NodeKeyScheme, NodePublicKey,
+    NodeSignature, Policy, SnpPolicy, StateParts, Verifier,
 };
 
 /// 2025-06-15: inside the validity of the fixture VCEK (2023-04-03 to 2030-04-03) and AMD roots.
@@ -41,12 +41,20 @@ fn milan() -> AmdChain {
 
 #[test]
 fn real_milan_report_verifies_against_vcek_and_pinned_chain() {
-    let verified =
-        snp::verify_report(&report_bytes(), VCEK_DER, &milan(), &matching_policy(), NOW_UNIX_S)
-            .expect("the real report verifies");
+    let verified = snp::verify_report(
+        &report_bytes(),
+        VCEK_DER,
+        &milan(),
+        &matching_policy(),
+        NOW_UNIX_S,
+    )
+    .expect("the real report verifies");
     assert_eq!(verified.product(), Product::Milan);
     let tcb = verified.tcb();
-    assert_eq!((tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode), (3, 0, 8, 115));
+    assert_eq!(
+        (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode),
+        (3, 0, 8, 115)
+    );
     assert_eq!(verified.report().version(), 2);
     assert!(!verified.report().debug_allowed());
 }
@@ -100,8 +108,8 @@ fn assert_bit_flip_rejected(vcek: &Vcek, byte: usize, bit: u8) {
 /// Every field's first and last byte, and a few reserved ones. All 0x2A0 * 8 bits run in
 /// `every_bit_of_the_signed_region_is_covered` (ignored in debug builds: ~5 min; release: ~5 s).
 const SAMPLE_BYTES: [usize; 24] = [
-    0x00, 0x04, 0x08, 0x0A, 0x10, 0x20, 0x30, 0x34, 0x38, 0x40, 0x48, 0x4C, 0x50, 0x8F, 0x90,
-    0xBF, 0xC0, 0xE0, 0x140, 0x180, 0x187, 0x1A0, 0x1DF, 0x29F,
+    0x00, 0x04, 0x08, 0x0A, 0x10, 0x20, 0x30, 0x34, 0x38, 0x40, 0x48, 0x4C, 0x50, 0x8F, 0x90, 0xBF,
+    0xC0, 0xE0, 0x140, 0x180, 0x187, 0x1A0, 0x1DF, 0x29F,
 ];
 
 #[test]
@@ -208,8 +216,12 @@ fn chain_of_the_wrong_product_fails() {
         );
     }
     // An ASK posing as the root is not self-signed.
-    let chain = AmdChain::danger_from_der(Product::Milan, milan.ask_der(), milan.ask_der()).unwrap();
-    assert_eq!(chain.verify_vcek(&vcek, NOW_UNIX_S), Err(Error::ArkNotSelfSigned));
+    let chain =
+        AmdChain::danger_from_der(Product::Milan, milan.ask_der(), milan.ask_der()).unwrap();
+    assert_eq!(
+        chain.verify_vcek(&vcek, NOW_UNIX_S),
+        Err(Error::ArkNotSelfSigned)
+    );
 }
 
 #[test]
@@ -226,7 +238,10 @@ fn certificates_outside_their_validity_fail() {
     let after_ark = 2_400_000_000; // 2046, after the Milan ARK expires
     assert!(matches!(
         milan().verify_vcek(&vcek, after_ark),
-        Err(Error::CertificateNotValidAtTime { which: "ARK" | "ASK", .. })
+        Err(Error::CertificateNotValidAtTime {
+            which: "ARK" | "ASK",
+            ..
+        })
     ));
 }
 
@@ -235,10 +250,16 @@ fn policy_that_disallows_the_measurement_fails() {
     let mut policy = matching_policy();
     policy.measurements = vec![[0x11; 48]];
     let result = snp::verify_report(&report_bytes(), VCEK_DER, &milan(), &policy, NOW_UNIX_S);
-    assert!(matches!(result, Err(Error::SnpMeasurementNotAllowed { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::SnpMeasurementNotAllowed { .. })),
+        "{result:?}"
+    );
     policy.measurements.clear();
     let result = snp::verify_report(&report_bytes(), VCEK_DER, &milan(), &policy, NOW_UNIX_S);
-    assert!(matches!(result, Err(Error::SnpMeasurementNotAllowed { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::SnpMeasurementNotAllowed { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -275,7 +296,10 @@ fn debug_guest_fails_both_signature_and_policy() {
     assert_eq!(result.err(), Some(Error::SnpReportSignatureInvalid));
     // The policy check alone rejects it, unless debug is allowed.
     let mut policy = matching_policy();
-    assert_eq!(policy.check(&report, Product::Milan), Err(Error::SnpDebugNotAllowed));
+    assert_eq!(
+        policy.check(&report, Product::Milan),
+        Err(Error::SnpDebugNotAllowed)
+    );
     policy.allow_debug = true;
     assert_eq!(policy.check(&report, Product::Milan), Ok(()));
 }
@@ -346,7 +370,10 @@ fn short_or_unknown_reports_are_rejected() {
     );
     let mut bytes = report_bytes();
     bytes[0] = 9;
-    assert_eq!(SnpReport::parse(&bytes).err(), Some(Error::SnpReportVersion(9)));
+    assert_eq!(
+        SnpReport::parse(&bytes).err(),
+        Some(Error::SnpReportVersion(9))
+    );
 }
 
 // ---- through the full verifier ------------------------------------------------------------------
@@ -408,7 +435,10 @@ fn full_verifier_rejects_a_policy_without_snp() {
     let evidence = snp_evidence(Some(VCEK_DER), NONCE);
     let policy = Policy::default();
     let result = Verifier::new(&policy).verify(&evidence, NONCE, NOW_UNIX_S);
-    assert_eq!(result.err(), Some(Error::KindNotAllowedByPolicy(EvidenceKind::Snp)));
+    assert_eq!(
+        result.err(),
+        Some(Error::KindNotAllowedByPolicy(EvidenceKind::Snp))
+    );
 }
 
 #[test]
@@ -423,8 +453,14 @@ fn missing_vcek_names_the_kds_url_then_the_cache_supplies_it() {
     else {
         panic!("expected VcekMissing, got {result:?}");
     };
-    assert!(url.starts_with("https://kdsintf.amd.com/vcek/v1/Milan/d49554ec"), "{url}");
-    assert!(url.ends_with("?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115"), "{url}");
+    assert!(
+        url.starts_with("https://kdsintf.amd.com/vcek/v1/Milan/d49554ec"),
+        "{url}"
+    );
+    assert!(
+        url.ends_with("?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115"),
+        "{url}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(&cache_file_name), VCEK_DER).unwrap();

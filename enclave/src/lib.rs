@@ -118,7 +118,11 @@ pub fn collect(
     let state_digest = state.digest();
     let ReportData(report_data) = binding(&node_public_key, &state_digest, nonce);
     let raw = provider.evidence(report_data)?;
-    assert_eq!(raw.kind, provider.kind(), "a provider returned another kind");
+    assert_eq!(
+        raw.kind,
+        provider.kind(),
+        "a provider returned another kind"
+    );
     let mut evidence = Evidence {
         version: EVIDENCE_VERSION,
         kind: raw.kind,

@@ -57,6 +57,11 @@ impl<D: SnpDevice> SnpProvider<D> {
     pub fn new(device: D, vmpl: u32) -> Self {
         SnpProvider { device, vmpl }
     }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
 }
 
 impl<D: SnpDevice> EvidenceProvider for SnpProvider<D> {
@@ -169,7 +174,9 @@ pub fn parse_cert_table(blob: &[u8], out: &mut DeviceReport) -> Result<(), Encla
         if entry.iter().all(|&b| b == 0) {
             return Ok(());
         }
-        let word = |at: usize| u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]])
+        };
         let (offset, length) = (word(16) as usize, word(20) as usize);
         let data = offset
             .checked_add(length)
@@ -201,11 +208,17 @@ impl ConfigfsTsmDevice {
         ConfigfsTsmDevice { root: root.into() }
     }
 
-    fn request(&self, entry: &Path, report_data: &[u8; 64], vmpl: u32) -> Result<DeviceReport, EnclaveError> {
+    fn request(
+        &self,
+        entry: &Path,
+        report_data: &[u8; 64],
+        vmpl: u32,
+    ) -> Result<DeviceReport, EnclaveError> {
         let io = |what: &str, e: std::io::Error| {
             EnclaveError::ConfigfsTsm(format!("{}/{what}: {e}", entry.display()))
         };
-        let provider = std::fs::read_to_string(entry.join("provider")).map_err(|e| io("provider", e))?;
+        let provider =
+            std::fs::read_to_string(entry.join("provider")).map_err(|e| io("provider", e))?;
         if provider.trim() != "sev_guest" {
             return Err(EnclaveError::ConfigfsTsm(format!(
                 "provider is `{}`, not sev_guest",
@@ -213,14 +226,17 @@ impl ConfigfsTsmDevice {
             )));
         }
         if vmpl != 0 {
-            std::fs::write(entry.join("privlevel"), vmpl.to_string()).map_err(|e| io("privlevel", e))?;
+            std::fs::write(entry.join("privlevel"), vmpl.to_string())
+                .map_err(|e| io("privlevel", e))?;
         }
         for _attempt in 0..CONFIGFS_ATTEMPTS_MAX {
             std::fs::write(entry.join("inblob"), report_data).map_err(|e| io("inblob", e))?;
-            let before = std::fs::read_to_string(entry.join("generation")).map_err(|e| io("generation", e))?;
+            let before = std::fs::read_to_string(entry.join("generation"))
+                .map_err(|e| io("generation", e))?;
             let report = std::fs::read(entry.join("outblob")).map_err(|e| io("outblob", e))?;
             let auxblob = std::fs::read(entry.join("auxblob")).unwrap_or_default();
-            let after = std::fs::read_to_string(entry.join("generation")).map_err(|e| io("generation", e))?;
+            let after = std::fs::read_to_string(entry.join("generation"))
+                .map_err(|e| io("generation", e))?;
             if before == after {
                 let mut out = DeviceReport {
                     report,
@@ -241,7 +257,9 @@ impl ConfigfsTsmDevice {
 impl SnpDevice for ConfigfsTsmDevice {
     fn report(&mut self, report_data: [u8; 64], vmpl: u32) -> Result<DeviceReport, EnclaveError> {
         let sequence = CONFIGFS_REQUESTS.fetch_add(1, Ordering::Relaxed);
-        let entry = self.root.join(format!("ferrobeam-{}-{sequence}", std::process::id()));
+        let entry = self
+            .root
+            .join(format!("ferrobeam-{}-{sequence}", std::process::id()));
         std::fs::create_dir(&entry)
             .map_err(|e| EnclaveError::ConfigfsTsm(format!("mkdir {}: {e}", entry.display())))?;
         let result = self.request(&entry, &report_data, vmpl);

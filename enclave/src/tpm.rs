@@ -138,7 +138,9 @@ impl TpmProvider {
             || config.pcrs.iter().any(|&i| i >= 24)
             || !config.pcrs.windows(2).all(|w| w[0] < w[1])
         {
-            return Err(EnclaveError::Tpm("PCRs must be ascending indices below 24".into()));
+            return Err(EnclaveError::Tpm(
+                "PCRs must be ascending indices below 24".into(),
+            ));
         }
         let (ready_tx, ready_rx) = mpsc::channel();
         let (requests, inbox) = mpsc::channel::<([u8; 64], Reply)>();
@@ -201,7 +203,10 @@ impl EvidenceProvider for TpmProvider {
 
     fn evidence(&mut self, report_data: [u8; 64]) -> Result<RawEvidence, EnclaveError> {
         let (reply, answer) = mpsc::channel();
-        let requests = self.requests.as_ref().ok_or(EnclaveError::TpmWorkerStopped)?;
+        let requests = self
+            .requests
+            .as_ref()
+            .ok_or(EnclaveError::TpmWorkerStopped)?;
         requests
             .send((report_data, reply))
             .map_err(|_| EnclaveError::TpmWorkerStopped)?;
@@ -231,7 +236,9 @@ impl TpmSession {
                 blobs
             }
         };
-        let ak_public_bytes = ak_public.marshall().map_err(tpm_error("marshal AK public"))?;
+        let ak_public_bytes = ak_public
+            .marshall()
+            .map_err(tpm_error("marshal AK public"))?;
         let ek_certificate = read_ek_certificate(&mut context, config.ek_algorithm);
         Ok(TpmSession {
             context,
@@ -244,8 +251,12 @@ impl TpmSession {
     }
 
     fn load_ak(&mut self) -> Result<KeyHandle, EnclaveError> {
-        let ek = ek::create_ek_object_2(&mut self.context, self.config.ek_algorithm.selection(), None)
-            .map_err(tpm_error("create EK"))?;
+        let ek = ek::create_ek_object_2(
+            &mut self.context,
+            self.config.ek_algorithm.selection(),
+            None,
+        )
+        .map_err(tpm_error("create EK"))?;
         let ak = ak::load_ak(
             &mut self.context,
             ek,
@@ -262,17 +273,25 @@ impl TpmSession {
     fn quote(&mut self, report_data: [u8; 64]) -> Result<RawEvidence, EnclaveError> {
         let ak = self.load_ak()?;
         let result = self.quote_with(ak, report_data);
-        let flushed = self.context.flush_context(ak.into()).map_err(tpm_error("flush AK"));
+        let flushed = self
+            .context
+            .flush_context(ak.into())
+            .map_err(tpm_error("flush AK"));
         let evidence = result?;
         flushed?;
         Ok(evidence)
     }
 
-    fn quote_with(&mut self, ak: KeyHandle, report_data: [u8; 64]) -> Result<RawEvidence, EnclaveError> {
+    fn quote_with(
+        &mut self,
+        ak: KeyHandle,
+        report_data: [u8; 64],
+    ) -> Result<RawEvidence, EnclaveError> {
         let selection = selection(&self.config.pcrs)?;
         for _attempt in 0..QUOTE_ATTEMPTS_MAX {
             let pcrs = self.read_pcrs()?;
-            let data = Data::try_from(report_data.to_vec()).map_err(tpm_error("qualifying data"))?;
+            let data =
+                Data::try_from(report_data.to_vec()).map_err(tpm_error("qualifying data"))?;
             let selection = selection.clone();
             let (attest, signature) = self
                 .context
@@ -281,9 +300,12 @@ impl TpmSession {
                 })
                 .map_err(tpm_error("quote"))?;
             let attest = attest.marshall().map_err(tpm_error("marshal quote"))?;
-            let signature = signature.marshall().map_err(tpm_error("marshal signature"))?;
-            let quoted = ferrobeam_attest::tpm::Quote::parse(&attest)
-                .map_err(|e| EnclaveError::Tpm(format!("the TPM returned a quote we cannot parse: {e}")))?;
+            let signature = signature
+                .marshall()
+                .map_err(tpm_error("marshal signature"))?;
+            let quoted = ferrobeam_attest::tpm::Quote::parse(&attest).map_err(|e| {
+                EnclaveError::Tpm(format!("the TPM returned a quote we cannot parse: {e}"))
+            })?;
             // A PCR extended between the read and the quote: read and quote again.
             if quoted.pcr_digest != ferrobeam_attest::tpm::pcr_digest(&pcrs) {
                 continue;
@@ -300,9 +322,7 @@ impl TpmSession {
                 },
             });
         }
-        Err(EnclaveError::Tpm(
-            "PCRs kept changing while quoting".into(),
-        ))
+        Err(EnclaveError::Tpm("PCRs kept changing while quoting".into()))
     }
 
     fn read_pcrs(&mut self) -> Result<Vec<PcrValue>, EnclaveError> {
@@ -314,7 +334,9 @@ impl TpmSession {
                 .pcr_read(selection(&[index])?)
                 .map_err(tpm_error("PCR read"))?;
             let [digest] = digests.value() else {
-                return Err(EnclaveError::Tpm(format!("PCR {index} read returned no single value")));
+                return Err(EnclaveError::Tpm(format!(
+                    "PCR {index} read returned no single value"
+                )));
             };
             let sha256 = PcrDigest::from_slice("pcr", digest.value())
                 .map_err(|e| EnclaveError::Tpm(e.to_string()))?;
@@ -364,7 +386,15 @@ fn create_ak(context: &mut Context, config: &TpmConfig) -> Result<(Public, Priva
     let ek = ek::create_ek_object_2(context, config.ek_algorithm.selection(), None)
         .map_err(tpm_error("create EK"))?;
     let (key, scheme) = config.ak_algorithm.selection();
-    let created = ak::create_ak_2(context, ek, HashingAlgorithm::Sha256, key, scheme, None, None);
+    let created = ak::create_ak_2(
+        context,
+        ek,
+        HashingAlgorithm::Sha256,
+        key,
+        scheme,
+        None,
+        None,
+    );
     context
         .flush_context(ek.into())
         .map_err(tpm_error("flush EK"))?;

@@ -134,7 +134,9 @@ fn policy_trusting(ak_name: Vec<u8>) -> Policy {
 }
 
 fn verify(policy: &Policy, evidence: &Evidence, nonce: &[u8]) -> Result<(), Error> {
-    Verifier::new(policy).verify(evidence, nonce, NOW_UNIX_S).map(|_| ())
+    Verifier::new(policy)
+        .verify(evidence, nonce, NOW_UNIX_S)
+        .map(|_| ())
 }
 
 fn resign(evidence: &mut Evidence) {
@@ -172,22 +174,34 @@ fn ecdsa_quote_verifies_and_each_tampering_fails_with_its_own_error() {
     let clock_offset = 4 + 2 + 2 + 34 + 2 + 64 + 3;
     tampered.report.0[clock_offset] ^= 0x01;
     resign(&mut tampered);
-    assert_eq!(verify(&policy, &tampered, NONCE), Err(Error::TpmQuoteSignatureInvalid));
+    assert_eq!(
+        verify(&policy, &tampered, NONCE),
+        Err(Error::TpmQuoteSignatureInvalid)
+    );
 
     // Tampered PCR value.
     let mut tampered = evidence.clone();
     tampered.pcrs[3].sha256 = PcrDigest([0xAB; 32]);
     resign(&mut tampered);
-    assert_eq!(verify(&policy, &tampered, NONCE), Err(Error::TpmPcrDigestMismatch));
+    assert_eq!(
+        verify(&policy, &tampered, NONCE),
+        Err(Error::TpmPcrDigestMismatch)
+    );
 
     // Wrong nonce: the verifier asked for another one.
     let other_nonce = b"another nonce of 32 bytes.......";
-    assert_eq!(verify(&policy, &evidence, other_nonce), Err(Error::NonceMismatch));
+    assert_eq!(
+        verify(&policy, &evidence, other_nonce),
+        Err(Error::NonceMismatch)
+    );
     // ... and a node that rewrites the nonce field cannot make the quote match it.
     let mut replayed = evidence.clone();
     replayed.nonce.0 = other_nonce.to_vec();
     resign(&mut replayed);
-    assert_eq!(verify(&policy, &replayed, other_nonce), Err(Error::ReportDataMismatch));
+    assert_eq!(
+        verify(&policy, &replayed, other_nonce),
+        Err(Error::ReportDataMismatch)
+    );
 
     // Unknown AK.
     let stranger = policy_trusting([vec![0x00, 0x0B], vec![0x77; 32]].concat());
@@ -201,12 +215,31 @@ fn ecdsa_quote_verifies_and_each_tampering_fails_with_its_own_error() {
     if let Some(tpm) = strict.tpm.as_mut() {
         tpm.pcrs.insert(0, [0x55; 32]);
     }
-    assert_eq!(verify(&strict, &evidence, NONCE), Err(Error::TpmPcrNotAllowed { index: 0 }));
+    assert_eq!(
+        verify(&strict, &evidence, NONCE),
+        Err(Error::TpmPcrNotAllowed { index: 0 })
+    );
 
     // Another node key cannot claim the quote (the node-key signature breaks).
     let mut stolen = evidence.clone();
     stolen.node_public_key = NodePublicKey([3; 32]);
-    assert_eq!(verify(&policy, &stolen, NONCE), Err(Error::NodeSignatureInvalid));
+    assert_eq!(
+        verify(&policy, &stolen, NONCE),
+        Err(Error::NodeSignatureInvalid)
+    );
+
+    // Every truncation of the real structures is an error, never a panic.
+    let ak_public = &evidence.certificates.ak_public.as_ref().unwrap().0;
+    let signature = &evidence.report_signature.as_ref().unwrap().0;
+    for len in 0..evidence.report.0.len() {
+        assert!(ferrobeam_attest::tpm::Quote::parse(&evidence.report.0[..len]).is_err());
+    }
+    for len in 0..ak_public.len() {
+        assert!(ferrobeam_attest::tpm::AkPublic::parse(&ak_public[..len]).is_err());
+    }
+    for len in 0..signature.len() {
+        assert!(ferrobeam_attest::tpm::QuoteSignature::parse(&signature[..len]).is_err());
+    }
 
     // No [tpm] section: TPM evidence is not accepted.
     assert_eq!(

@@ -472,8 +472,11 @@ impl Evidence {
                 }
             }
             EvidenceKind::Snp | EvidenceKind::None => {
-                if self.report_signature.is_some() || !self.pcrs.is_empty() {
+                if self.report_signature.is_some() {
                     return Err(field("report_signature", "only kind tpm has one".into()));
+                }
+                if !self.pcrs.is_empty() {
+                    return Err(field("pcrs", "only kind tpm has PCR values".into()));
                 }
             }
         }

@@ -18,4 +18,5 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod execute;
 pub mod message;

@@ -960,3 +960,14 @@ fn the_example_in_docs_abi_md_runs() {
     let echoed = run.send(Message::new().with("name", "ferrobeam"), address(2));
     assert_eq!(text(&echoed), "ferrobeam");
 }
+
+#[test]
+fn the_default_pool_can_be_reserved() {
+    // ENGINE_INSTANCES_MAX slots of 4 GiB + guard: address space only, nothing resident.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig::new(dir.path())).expect("full-size pool");
+    assert_eq!(engine.instances_max(), ENGINE_INSTANCES_MAX);
+    let module = load(&engine, &wasm(COUNTER));
+    let mut run = Run::start(&module, process_message(&module));
+    assert_eq!(text(&run.init()), "1");
+}

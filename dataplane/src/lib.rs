@@ -18,8 +18,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod api;
+// Modules in the order a message meets them (each comment keeps rustfmt from sorting them).
+// Model, ids, commitments, JSON and rkyv forms, hashpaths.
 pub mod message;
-pub mod node;
+// Slots, hash chains, assignments (sans-IO).
 pub mod schedule;
+// Durable state: fjall, group commit.
 pub mod store;
+// Executor cores: wasmtime, the native ABI, snapshots.
+pub mod execute;
+// Wiring: sequencer, compute driver, configuration, node key, metrics.
+pub mod node;
+// HTTP routes.
+pub mod api;

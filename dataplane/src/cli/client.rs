@@ -4,7 +4,9 @@
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value as Json;
 
-use ferrobeam::message::{Hashpath, Id, Message, VerifiedMessage, json as message_json};
+use ferrobeam::execute::{Engine, EngineConfig, Instance, SlotInput};
+use ferrobeam::message::{Id, Message, VerifiedMessage, json as message_json};
+use ferrobeam::node::compute::result_record;
 use ferrobeam::schedule::{Assignment, verify_schedule};
 
 use super::node_error;
@@ -125,22 +127,54 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
             "the module bytes the node serves do not hash to the module id",
         ));
     }
+    let engine = Engine::new(EngineConfig::new(audit_cache_dir()))?;
+    let module = engine.load(module_id, &wasm)?;
+    let owner = definition
+        .commitments()
+        .first()
+        .map(|c| c.address())
+        .context("the process message is unsigned")?;
+    let mut instance = Instance::new(&module, *process, definition)?;
     for (slot, s) in slots.iter().enumerate() {
-        let record = client.get_json(&format!("/{process}/compute?slot={slot}"))?;
-        let claimed: Option<Hashpath> = record["hashpath"].as_str().and_then(|h| h.parse().ok());
-        if claimed != Some(s.assignment.hashpath) {
+        let from = s
+            .message
+            .commitments()
+            .first()
+            .map(|c| c.address())
+            .context("unsigned message in the schedule")?;
+        let input = SlotInput {
+            process: *process,
+            slot: slot as u64,
+            message: s.message.clone(),
+            message_id: s.assignment.message,
+            from,
+            owner,
+            timestamp_ms: s.assignment.timestamp_ms,
+        };
+        let outcome = instance.run(&input)?;
+        let ours = result_record(
+            *process,
+            slot as u64,
+            s.assignment.message,
+            s.assignment.hashpath,
+            &outcome,
+        );
+        let theirs = client.get_json(&format!("/{process}/compute?slot={slot}"))?;
+        if theirs["hashpath"] != ours["hashpath"] {
             return Ok(mismatch(
                 slot as u64,
                 "the node's result names another hashpath",
             ));
         }
-        if record["message"].as_str() != Some(&s.assignment.message.to_string()) {
-            return Ok(mismatch(
+        if theirs != ours {
+            let mut report = mismatch(
                 slot as u64,
-                "the node's result is for another message",
-            ));
+                "the node's result differs from the recomputed one",
+            );
+            report["mismatch"]["node"] = theirs;
+            report["mismatch"]["recomputed"] = ours;
+            return Ok(report);
         }
-        let _ = &s.message;
     }
     let hashpath = assignments.last().map(|a| a.hashpath.to_string());
     Ok(serde_json::json!({
@@ -150,6 +184,14 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
         "hashpath": hashpath,
         "node": node_address,
     }))
+}
+
+/// Where the audit keeps its AOT-compiled modules (reused across audits).
+fn audit_cache_dir() -> std::path::PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ferrobeam")
+        .join("cwasm")
 }
 
 fn mismatch(slot: u64, what: &str) -> Json {

@@ -6,6 +6,7 @@
 //! the batch to compute. A single owner means slots are never duplicated or skipped, without
 //! locks; the group commit amortizes the fsync over every concurrent sender.
 
+pub mod compute;
 pub mod config;
 mod key;
 
@@ -557,6 +558,12 @@ impl Shared {
     }
 }
 
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers only insert whole entries; a poisoned lock still holds sound data.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The devices this node runs, as `/~meta@1.0/info` lists them.
 pub const DEVICES: &[&str] = &[
     "meta@1.0",
@@ -627,6 +634,26 @@ impl Node {
         let heads = Arc::new(RwLock::new(heads));
         let metrics = Arc::new(metrics::Metrics::new());
         let computed = Arc::new(Computed::default());
+        let engine = Arc::new(
+            crate::execute::Engine::new(crate::execute::EngineConfig::new(
+                config.data_dir.join("cwasm"),
+            ))
+            .map_err(|e| NodeError::Unavailable(format!("starting the wasm engine: {e}")))?,
+        );
+        let last_slots = read_lock(&heads)
+            .iter()
+            .map(|(process, head)| (*process, head.next_slot - 1))
+            .collect();
+        let compute = compute::start(
+            engine.clone(),
+            store.clone(),
+            computed.clone(),
+            metrics.clone(),
+            config.exec_threads(),
+            config.snapshot_interval,
+            last_slots,
+        )
+        .map_err(|e| NodeError::Unavailable(format!("starting the executors: {e}")))?;
         let on_commit = {
             let heads = heads.clone();
             let metrics = metrics.clone();
@@ -638,6 +665,11 @@ impl Node {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for s in &batch {
                     heads.insert(s.assignment.process, ProcessHead::after(&s.assignment));
+                }
+                drop(heads);
+                // Slots of one process are in increasing order within a batch: the last wins.
+                for s in &batch {
+                    compute.announce(s.assignment.process, s.assignment.slot);
                 }
             })
         };
@@ -662,7 +694,7 @@ impl Node {
             metrics,
             computed,
             heads,
-            validate_module: Box::new(|_| Ok(())),
+            validate_module: Box::new(move |wasm| engine.validate(wasm).map_err(|e| e.to_string())),
             inventory,
         });
         Ok(Self { shared, listener })

@@ -258,6 +258,15 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a stored result (it is recomputed on demand: results are derived data).
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn delete_result(&self, process: &Id, slot: u64) -> Result<(), StoreError> {
+        self.results.remove(slot_key(process, slot))?;
+        Ok(())
+    }
+
     /// The result record of `process` at `slot`.
     ///
     /// # Errors

@@ -2,6 +2,7 @@
 # The one test command: installs what the tests need when missing, then runs the format check,
 # clippy with warnings denied, and the whole workspace's tests.
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
@@ -29,5 +30,10 @@ echo "test.sh: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "test.sh: cargo test"
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --doc --locked 2>&1 | tee "$log"
+cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
+# One closing line over every test binary (cargo prints one `test result:` per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

@@ -350,19 +350,31 @@ async fn compute(shared: &Shared, process: Id, slot: u64, last_slot: u64) -> Api
         return Err(NodeError::SlotNotAssigned { process, slot }.into());
     }
     if let Some(record) = shared.store.result(&process, slot)? {
-        return Ok(json_bytes(record));
+        return result_response(shared, process, slot, &record);
     }
     let wait = Duration::from_millis(shared.config.compute_wait_ms);
     if shared.computed.wait(process, slot, wait).await
         && let Some(record) = shared.store.result(&process, slot)?
     {
-        return Ok(json_bytes(record));
+        return result_response(shared, process, slot, &record);
     }
     Err(NodeError::ComputePending { process, slot }.into())
 }
 
-fn json_bytes(record: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], record).into_response()
+/// The stored result record plus `pushed`: what the node did with each outbox message (not part
+/// of the computation itself, so `ferrobeam audit` leaves it out of its comparison).
+fn result_response(shared: &Shared, process: Id, slot: u64, record: &[u8]) -> ApiResult<Response> {
+    let mut record: Json =
+        serde_json::from_slice(record).map_err(|e| crate::store::StoreError::Corrupted {
+            keyspace: "results",
+            reason: e.to_string(),
+        })?;
+    let pushed = match shared.store.pushes(&process, slot)? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or(Json::Null),
+        None => Json::Array(Vec::new()),
+    };
+    record["pushed"] = pushed;
+    Ok(axum::Json(record).into_response())
 }
 
 fn schedule_page(shared: &Shared, process: Id, from: u64, to: u64) -> ApiResult<axum::Json<Json>> {

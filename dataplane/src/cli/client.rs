@@ -159,7 +159,11 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
             s.assignment.hashpath,
             &outcome,
         );
-        let theirs = client.get_json(&format!("/{process}/compute?slot={slot}"))?;
+        let mut theirs = client.get_json(&format!("/{process}/compute?slot={slot}"))?;
+        // What the node did with the outbox is delivery, not computation.
+        if let Some(record) = theirs.as_object_mut() {
+            record.remove("pushed");
+        }
         if theirs["hashpath"] != ours["hashpath"] {
             return Ok(mismatch(
                 slot as u64,

@@ -328,9 +328,45 @@ fn send(args: SendArgs) -> Result<ExitCode> {
 
 fn result(args: ResultArgs) -> Result<ExitCode> {
     let client = Client::new(&args.client.node);
-    let record = client.get_json(&format!("/{}/compute?slot={}", args.process, args.slot))?;
+    let mut record = client.get_json(&format!("/{}/compute?slot={}", args.process, args.slot))?;
+    let mut budget = TREE_NODES_MAX;
+    record["tree"] = message_tree(&args.client.node, &record, 0, &mut budget);
     print(args.client.json, &record, || human_result(&record));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Most results `ferrobeam result` fetches to draw the tree of pushed messages.
+const TREE_NODES_MAX: usize = 256;
+
+/// The results of the messages a slot's outbox became, recursively (bounded by the push depth
+/// limit and [`TREE_NODES_MAX`]).
+fn message_tree(node: &str, record: &Json, depth: i64, budget: &mut usize) -> Json {
+    let mut children = Vec::new();
+    let Some(pushed) = record["pushed"].as_array() else {
+        return Json::Array(children);
+    };
+    for entry in pushed {
+        let (Some(target), Some(slot)) = (entry["target"].as_str(), entry["slot"].as_u64()) else {
+            children.push(entry.clone());
+            continue;
+        };
+        if *budget == 0 || depth >= ferrobeam::push::PUSH_DEPTH_MAX {
+            children.push(json!({"target": target, "slot": slot, "truncated": true}));
+            continue;
+        }
+        *budget -= 1;
+        let base = entry["node"].as_str().unwrap_or(node);
+        let child = match Client::new(base).get_json(&format!("/{target}/compute?slot={slot}")) {
+            Ok(child) => {
+                let tree = message_tree(base, &child, depth + 1, budget);
+                json!({"target": target, "slot": slot, "output": child["output"],
+                       "error": child["error"], "tree": tree})
+            }
+            Err(e) => json!({"target": target, "slot": slot, "unavailable": e.to_string()}),
+        };
+        children.push(child);
+    }
+    Json::Array(children)
 }
 
 fn human_result(record: &Json) -> String {
@@ -349,13 +385,35 @@ fn human_result(record: &Json) -> String {
     if let Some(messages) = record["messages"].as_array() {
         for m in messages {
             out.push_str(&format!(
-                "  → {}: {}\n",
+                "outbox → {}: {}\n",
                 m["target"].as_str().unwrap_or("?"),
                 m
             ));
         }
     }
+    draw_tree(&record["tree"], 1, &mut out);
     out.trim_end().to_owned()
+}
+
+fn draw_tree(tree: &Json, indent: usize, out: &mut String) {
+    for child in tree.as_array().into_iter().flatten() {
+        let pad = "  ".repeat(indent);
+        let target = child["target"].as_str().unwrap_or("?");
+        match (child["slot"].as_u64(), child["skipped"].as_str()) {
+            (Some(slot), _) => {
+                let shown = match &child["error"] {
+                    Json::String(e) => format!("error: {e}"),
+                    _ => format!("output: {}", child["output"]),
+                };
+                out.push_str(&format!("{pad}└ {target} slot {slot}: {shown}\n"));
+                draw_tree(&child["tree"], indent + 1, out);
+            }
+            (None, Some(reason)) => {
+                out.push_str(&format!("{pad}└ {target}: not pushed ({reason})\n"))
+            }
+            (None, None) => out.push_str(&format!("{pad}└ {target}: {child}\n")),
+        }
+    }
 }
 
 fn audit(args: AuditArgs) -> Result<ExitCode> {

@@ -8,17 +8,19 @@
 //! so `Executors::submit` never blocks and one slow process never stalls the others' cores.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 
+use super::pusher::Pusher;
 use super::{Computed, metrics::Metrics};
 use crate::execute::{
     EXECUTOR_QUEUE_MAX, Engine, ExecError, Executors, ExecutorsConfig, Job, JobDone, Module,
     SlotInput, SlotOutcome, Snapshot,
 };
 use crate::message::{Address, Hashpath, Id, Message, Value, json as message_json};
+use crate::push;
 use crate::schedule::Assignment;
 use crate::store::{Store, StoreError};
 
@@ -72,24 +74,53 @@ struct ProcessState {
     assigned: u64,
     /// True when the executor holds a live instance that continues from `submitted`.
     live: bool,
-    /// Jobs in flight in submission order: (slot, epoch, message id, hashpath).
-    inflight: VecDeque<(u64, u64, Id, Hashpath)>,
+    /// Jobs in flight in submission order.
+    inflight: VecDeque<Inflight>,
     epoch: u64,
 }
 
-/// Starts the dispatcher thread and the executors.
+/// A job handed to an executor, remembered until its result comes back.
+struct Inflight {
+    slot: u64,
+    epoch: u64,
+    message: Id,
+    hashpath: Hashpath,
+    /// The push depth of the slot's message (see `crate::push::depth_of`).
+    depth: i64,
+}
+
+/// What the compute driver shares with the rest of the node.
+pub struct Wiring {
+    /// The wasm engine (module cache).
+    pub engine: Arc<Engine>,
+    /// The store (schedule in, results and snapshots out).
+    pub store: Arc<Store>,
+    /// Where computed slots are announced to waiting requests.
+    pub computed: Arc<Computed>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The pusher, set once the sequencer runs.
+    pub pusher: Arc<OnceLock<Pusher>>,
+}
+
+/// Starts the dispatcher thread and the executors. The thread ends (and stops the executors)
+/// once every [`ComputeHandle`] is dropped, which the sequencer does when it stops.
 ///
 /// # Errors
 /// [`ExecError`] when the executors cannot start.
 pub fn start(
-    engine: Arc<Engine>,
-    store: Arc<Store>,
-    computed: Arc<Computed>,
-    metrics: Arc<Metrics>,
+    wiring: Wiring,
     cores: usize,
     snapshot_interval: u64,
     heads: Vec<(Id, u64)>,
-) -> Result<ComputeHandle, ExecError> {
+) -> Result<(ComputeHandle, std::thread::JoinHandle<()>), ExecError> {
+    let Wiring {
+        engine,
+        store,
+        computed,
+        metrics,
+        pusher,
+    } = wiring;
     let mut config = ExecutorsConfig::new(cores);
     config.snapshot_interval = snapshot_interval;
     let executors = Executors::start(&engine, config)?;
@@ -118,12 +149,13 @@ pub fn start(
         processes: HashMap::new(),
         inflight_per_core: vec![0; cores],
         queue_max,
+        pusher,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("ferrobeam-compute".into())
         .spawn(move || dispatcher.run(ring, done_rx))
         .map_err(|e| ExecError::Engine(format!("spawning the compute dispatcher: {e}")))?;
-    Ok(handle)
+    Ok((handle, thread))
 }
 
 struct Dispatcher {
@@ -137,6 +169,8 @@ struct Dispatcher {
     processes: HashMap<Id, ProcessState>,
     inflight_per_core: Vec<usize>,
     queue_max: usize,
+    /// Set once the sequencer exists (it is started after the executors).
+    pusher: Arc<OnceLock<Pusher>>,
 }
 
 impl Dispatcher {
@@ -204,11 +238,13 @@ impl Dispatcher {
                 return true;
             }
         };
+        let node = self.pusher.get().map(Pusher::address);
         for (assignment, message) in slots {
             let Some(from) = message.commitments().first().map(|c| c.address()) else {
                 tracing::error!(%process, slot = assignment.slot, "stored message is unsigned");
                 return true;
             };
+            let depth = push::depth_of(&message, Some(from) == node);
             let input = SlotInput {
                 process,
                 slot: assignment.slot,
@@ -230,12 +266,13 @@ impl Dispatcher {
                 return true;
             }
             self.inflight_per_core[core] += 1;
-            state.inflight.push_back((
-                assignment.slot,
-                state.epoch,
-                assignment.message,
-                assignment.hashpath,
-            ));
+            state.inflight.push_back(Inflight {
+                slot: assignment.slot,
+                epoch: state.epoch,
+                message: assignment.message,
+                hashpath: assignment.hashpath,
+                depth,
+            });
             state.submitted = Some(assignment.slot);
         }
         state.submitted == Some(state.assigned)
@@ -287,7 +324,14 @@ impl Dispatcher {
         let Some(state) = self.processes.get_mut(&done.process) else {
             return;
         };
-        let Some((slot, epoch, message, hashpath)) = state.inflight.pop_front() else {
+        let Some(Inflight {
+            slot,
+            epoch,
+            message,
+            hashpath,
+            depth,
+        }) = state.inflight.pop_front()
+        else {
             return;
         };
         debug_assert_eq!(slot, done.slot, "jobs of one process finish in order");
@@ -298,6 +342,7 @@ impl Dispatcher {
             Ok(outcome) => {
                 let record = result_record(done.process, slot, message, hashpath, &outcome);
                 let bytes = serde_json::to_vec(&record).unwrap_or_default();
+                self.push(done.process, slot, depth, &outcome.outbox);
                 self.store_result(done.process, slot, &bytes);
                 if record["error"].is_string() {
                     self.metrics.slot_errors.inc();
@@ -323,6 +368,24 @@ impl Dispatcher {
                 tracing::error!(process = %done.process, slot, error = %e, "slot could not run");
             }
         }
+    }
+
+    /// Pushes the outbox of a slot whose result is not stored yet (a stored result means its
+    /// pushes were made before it), and records what became of each message.
+    fn push(&self, process: Id, slot: u64, depth: i64, outbox: &[Message]) {
+        if outbox.is_empty() || matches!(self.store.result(&process, slot), Ok(Some(_))) {
+            return;
+        }
+        let Some(pusher) = self.pusher.get() else {
+            tracing::error!(%process, slot, "outbox computed before the pusher was set");
+            return;
+        };
+        let record = pusher.push(process, slot, depth, outbox);
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = self.store.put_pushes(&process, slot, &bytes) {
+            tracing::error!(%process, slot, error = %e, "storing a push record");
+        }
+        self.metrics.messages_pushed.inc_by(outbox.len() as u64);
     }
 
     /// Stores a result; a recomputed slot must equal what was stored before (determinism).

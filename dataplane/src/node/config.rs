@@ -34,6 +34,19 @@ pub struct NodeConfig {
     pub commit_batch_max: usize,
     /// How long `compute` waits for a slot that is scheduled but not yet computed, in ms.
     pub compute_wait_ms: u64,
+    /// Where processes that do not live on this node are: outbox messages to them are pushed
+    /// to that node over HTTP.
+    pub routes: Vec<Route>,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Route {
+    /// The process id.
+    pub process: Id,
+    /// The base URL of the node that schedules it (`http://host:port`).
+    pub node: String,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +60,7 @@ impl Default for NodeConfig {
             snapshot_interval: 64,
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             compute_wait_ms: 30_000,
+            routes: Vec::new(),
         }
     }
 }

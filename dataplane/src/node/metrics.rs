@@ -31,6 +31,8 @@ pub struct Metrics {
     pub slot_errors: Counter,
     /// Processes known to this node.
     pub processes: Gauge,
+    /// Outbox messages handed to push.
+    pub messages_pushed: Counter,
     /// Recomputed slots whose result differs from the stored one (must stay 0: determinism).
     pub replay_mismatches: Counter,
 }
@@ -59,6 +61,7 @@ impl Metrics {
         let slot_errors = Counter::default();
         let processes = Gauge::default();
         let replay_mismatches = Counter::default();
+        let messages_pushed = Counter::default();
         registry.register(
             "messages_scheduled",
             "Messages durably scheduled and acknowledged",
@@ -87,6 +90,11 @@ impl Metrics {
         );
         registry.register("processes", "Processes on this node", processes.clone());
         registry.register(
+            "messages_pushed",
+            "Outbox messages handed to push",
+            messages_pushed.clone(),
+        );
+        registry.register(
             "replay_mismatches",
             "Recomputed slots whose result differs from the stored one",
             replay_mismatches.clone(),
@@ -101,6 +109,7 @@ impl Metrics {
             slot_errors,
             processes,
             replay_mismatches,
+            messages_pushed,
         }
     }
 

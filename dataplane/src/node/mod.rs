@@ -9,6 +9,7 @@
 pub mod compute;
 pub mod config;
 mod key;
+pub mod pusher;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -193,13 +194,36 @@ struct Queued {
     reply: oneshot::Sender<Result<Ack, NodeError>>,
 }
 
-/// A handle for submitting messages to the sequencer. Cheap to clone.
+/// A handle for submitting messages to the sequencer. Cheap to clone. The sequencer thread runs
+/// until the last handle is dropped.
 #[derive(Clone)]
 pub struct Sequencer {
     requests: mpsc::Sender<Queued>,
 }
 
+/// A handle that does not keep the sequencer running.
+#[derive(Clone)]
+pub struct WeakSequencer {
+    requests: mpsc::WeakSender<Queued>,
+}
+
+impl WeakSequencer {
+    /// A strong handle, while the sequencer runs.
+    pub fn upgrade(&self) -> Option<Sequencer> {
+        self.requests
+            .upgrade()
+            .map(|requests| Sequencer { requests })
+    }
+}
+
 impl Sequencer {
+    /// A handle that does not keep the sequencer running.
+    pub fn downgrade(&self) -> WeakSequencer {
+        WeakSequencer {
+            requests: self.requests.downgrade(),
+        }
+    }
+
     /// Starts the sequencer thread over `store`, restoring every process head from it.
     /// `on_commit` runs on the sequencer thread after each durable commit, with the batch.
     ///
@@ -241,6 +265,30 @@ impl Sequencer {
     /// [`NodeError::UnknownProcess`], [`NodeError::Store`], [`NodeError::Unavailable`].
     pub async fn schedule(&self, process: Id, message: VerifiedMessage) -> Result<Ack, NodeError> {
         self.submit(Request::Schedule { process, message }).await
+    }
+
+    /// [`Sequencer::schedule`] for threads outside the async runtime (the compute driver's push).
+    ///
+    /// # Errors
+    /// As [`Sequencer::schedule`].
+    ///
+    /// # Panics
+    /// When called from inside an async runtime (tokio forbids blocking there).
+    pub fn schedule_blocking(
+        &self,
+        process: Id,
+        message: VerifiedMessage,
+    ) -> Result<Ack, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .blocking_send(Queued {
+                request: Request::Schedule { process, message },
+                reply,
+            })
+            .map_err(|_| NodeError::Unavailable("sequencer stopped".into()))?;
+        answer
+            .blocking_recv()
+            .map_err(|_| NodeError::Unavailable("sequencer dropped the request".into()))?
     }
 
     async fn submit(&self, request: Request) -> Result<Ack, NodeError> {
@@ -611,6 +659,9 @@ pub enum StartError {
 pub struct Node {
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    /// The sequencer and compute threads, joined at shutdown (sequencer first: its end stops
+    /// the compute driver), so the store is closed when `serve` returns.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Node {
@@ -640,15 +691,19 @@ impl Node {
             ))
             .map_err(|e| NodeError::Unavailable(format!("starting the wasm engine: {e}")))?,
         );
+        let pusher = Arc::new(std::sync::OnceLock::new());
         let last_slots = read_lock(&heads)
             .iter()
             .map(|(process, head)| (*process, head.next_slot - 1))
             .collect();
-        let compute = compute::start(
-            engine.clone(),
-            store.clone(),
-            computed.clone(),
-            metrics.clone(),
+        let (compute, compute_thread) = compute::start(
+            compute::Wiring {
+                engine: engine.clone(),
+                store: store.clone(),
+                computed: computed.clone(),
+                metrics: metrics.clone(),
+                pusher: pusher.clone(),
+            },
             config.exec_threads(),
             config.snapshot_interval,
             last_slots,
@@ -673,12 +728,19 @@ impl Node {
                 }
             })
         };
-        let (sequencer, _thread) = Sequencer::start(
+        let (sequencer, sequencer_thread) = Sequencer::start(
             store.clone(),
             wallet.clone(),
             config.commit_batch_max,
             on_commit,
         )?;
+        // The compute driver pushes through the sequencer, which starts after it.
+        let _ = pusher.set(pusher::Pusher::new(
+            sequencer.downgrade(),
+            wallet.clone(),
+            heads.clone(),
+            &config.routes,
+        ));
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Bind {
@@ -697,7 +759,11 @@ impl Node {
             validate_module: Box::new(move |wasm| engine.validate(wasm).map_err(|e| e.to_string())),
             inventory,
         });
-        Ok(Self { shared, listener })
+        Ok(Self {
+            shared,
+            listener,
+            threads: vec![sequencer_thread, compute_thread],
+        })
     }
 
     /// The bound HTTP address (useful with port 0).
@@ -722,8 +788,22 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = crate::api::router(self.shared);
-        axum::serve(self.listener, app)
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        // The router (and with it the last Sequencer handle) is gone: the threads wind down.
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a node thread panicked");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::error!("joining the node threads failed");
+        }
+        served
     }
 }

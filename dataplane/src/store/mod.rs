@@ -72,6 +72,7 @@ pub struct Store {
     assignments: Keyspace,
     index: Keyspace,
     results: Keyspace,
+    pushes: Keyspace,
     snapshots: Keyspace,
 }
 
@@ -109,6 +110,7 @@ impl Store {
             assignments: open("assignments")?,
             index: open("index")?,
             results: open("results")?,
+            pushes: open("pushes")?,
             snapshots: open("snapshots")?,
             db,
         })
@@ -256,6 +258,28 @@ impl Store {
     pub fn put_result(&self, process: &Id, slot: u64, record: &[u8]) -> Result<(), StoreError> {
         self.results.insert(slot_key(process, slot), record)?;
         Ok(())
+    }
+
+    /// Stores what a slot's outbox became (the push record, JSON), durably: it is written after
+    /// the pushes are scheduled and before the slot's result, so a crash in between re-pushes
+    /// (idempotently) on recovery.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn put_pushes(&self, process: &Id, slot: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.pushes.insert(slot_key(process, slot), record)?;
+        Ok(())
+    }
+
+    /// The push record of `process` at `slot`.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn pushes(&self, process: &Id, slot: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .pushes
+            .get(slot_key(process, slot))?
+            .map(|v| v.to_vec()))
     }
 
     /// Removes a stored result (it is recomputed on demand: results are derived data).

@@ -1,0 +1,188 @@
+//! Push (the crank) over real nodes: an outbox message is scheduled on its target process exactly
+//! once, a ping-pong between two processes stops at the push depth limit, and a process on
+//! another node is reached through the route table.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferrobeam::message::Id;
+use ferrobeam::node::config::Route;
+use ferrobeam::push::PUSH_DEPTH_MAX;
+use serde_json::Value as Json;
+
+/// Replies to `from-process` when the message was pushed, else sends to `peer` when given;
+/// outputs the slot's `from-process` (or "user").
+const PING: &str = r#"(module
+  (import "ferrobeam" "msg_get" (func $msg_get (param i32 i32 i32 i32) (result i32)))
+  (import "ferrobeam" "output" (func $output (param i32 i32)))
+  (import "ferrobeam" "send_begin" (func $send_begin (param i32 i32)))
+  (import "ferrobeam" "send_data" (func $send_data (param i32 i32)))
+  (import "ferrobeam" "send_end" (func $send_end))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "from-process")
+  (data (i32.const 16) "peer")
+  (data (i32.const 24) "user")
+  (data (i32.const 32) "ping")
+  (func (export "handle") (result i32)
+    (local $n i32)
+    (local.set $n (call $msg_get (i32.const 0) (i32.const 12) (i32.const 256) (i32.const 64)))
+    (if (i32.lt_s (local.get $n) (i32.const 0))
+      (then
+        (call $output (i32.const 24) (i32.const 4))
+        (local.set $n (call $msg_get (i32.const 16) (i32.const 4) (i32.const 256) (i32.const 64))))
+      (else (call $output (i32.const 256) (local.get $n))))
+    (if (i32.gt_s (local.get $n) (i32.const 0))
+      (then
+        (call $send_begin (i32.const 256) (local.get $n))
+        (call $send_data (i32.const 32) (i32.const 4))
+        (call $send_end)))
+    i32.const 0))"#;
+
+fn compute(base: &str, process: &Id, slot: u64) -> Json {
+    let (status, body) = get(base, &format!("/{process}/compute?slot={slot}")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn wait_for_slot(base: &str, process: &Id, slot: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, head) = get(base, &format!("/{process}/slot")).unwrap();
+        if head["current"].as_u64().unwrap() >= slot {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot} of {process} never came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ping_pong_is_pushed_once_per_message_and_stops_at_the_depth_limit() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let alice = wallet(1);
+    let a = spawn_wat(&base, &alice, PING, &[("name", "a")]);
+    let b = spawn_wat(&base, &alice, PING, &[("name", "b")]);
+    // Slot 0 of each is the spawn itself (no peer, no send).
+    send(&base, &alice, &a, &[("peer", &b.to_string())]);
+    // a:1 (user) → b:1 → a:2 → ... each push one deeper, until depth PUSH_DEPTH_MAX.
+    let pushes = PUSH_DEPTH_MAX as u64;
+    let (a_last, b_last) = (1 + pushes / 2, pushes.div_ceil(2));
+    wait_for_slot(&base, &a, a_last);
+    wait_for_slot(&base, &b, b_last);
+    let first = compute(&base, &a, 1);
+    assert_eq!(first["output"], "user");
+    assert_eq!(first["pushed"][0]["target"], b.to_string());
+    assert_eq!(first["pushed"][0]["slot"], 1);
+    let reply = compute(&base, &b, 1);
+    assert_eq!(reply["output"], a.to_string());
+    // The last message of the chain is not pushed any further.
+    let last = if pushes.is_multiple_of(2) {
+        compute(&base, &a, a_last)
+    } else {
+        compute(&base, &b, b_last)
+    };
+    assert_eq!(
+        last["pushed"][0]["skipped"], "push depth limit reached",
+        "{last}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, head_a) = get(&base, &format!("/{a}/slot")).unwrap();
+    let (_, head_b) = get(&base, &format!("/{b}/slot")).unwrap();
+    assert_eq!(
+        head_a["current"].as_u64(),
+        Some(a_last),
+        "no pushes past the limit"
+    );
+    assert_eq!(head_b["current"].as_u64(), Some(b_last));
+
+    // `ferrobeam result` draws the tree of messages slot a:1 resulted in.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferrobeam"))
+        .args([
+            "result",
+            "--json",
+            "--node",
+            &base,
+            "--process",
+            &a.to_string(),
+            "--slot",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record: Json = serde_json::from_slice(&output.stdout).unwrap();
+    let mut level = &record["tree"][0];
+    for i in 0..pushes {
+        let expected = if i % 2 == 0 { b } else { a };
+        assert_eq!(level["target"], expected.to_string(), "level {i}: {record}");
+        level = &level["tree"][0];
+    }
+}
+
+#[test]
+fn outbox_messages_reach_a_process_on_another_node() {
+    let (dir_a, dir_b) = (tempdir(), tempdir());
+    let alice = wallet(2);
+    let node_b = InProcessNode::start(config(dir_b.path()));
+    let b = spawn_wat(&node_b.url(), &alice, PING, &[("name", "b")]);
+    let mut config_a = config(dir_a.path());
+    config_a.routes = vec![Route {
+        process: b,
+        node: node_b.url(),
+    }];
+    let node_a = InProcessNode::start(config_a);
+    let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
+    send(&node_a.url(), &alice, &a, &[("peer", &b.to_string())]);
+    let sent = compute(&node_a.url(), &a, 1);
+    assert_eq!(sent["pushed"][0]["node"], node_b.url(), "{sent}");
+    assert_eq!(sent["pushed"][0]["slot"], 1, "{sent}");
+    let received = compute(&node_b.url(), &b, 1);
+    assert_eq!(received["output"], a.to_string());
+    // b replies to a, which lives on node A and has no route from B: recorded, not lost silently.
+    assert_eq!(
+        received["pushed"][0]["skipped"],
+        "no process here and no route to it"
+    );
+}
+
+#[test]
+fn a_push_repeated_after_a_crash_is_scheduled_once() {
+    let dir = tempdir();
+    let alice = wallet(3);
+    let (a, b, head_b) = {
+        let node = InProcessNode::start(config(dir.path()));
+        let base = node.url();
+        let a = spawn_wat(&base, &alice, PING, &[("name", "a")]);
+        // b's module answers nothing: a plain no-op, so the chain is one push long.
+        let b = spawn_wat(&base, &alice, NOOP_WAT, &[("name", "b")]);
+        send(&base, &alice, &a, &[("peer", &b.to_string())]);
+        wait_for_slot(&base, &b, 1);
+        compute(&base, &a, 1);
+        let (_, head_b) = get(&base, &format!("/{b}/slot")).unwrap();
+        (a, b, head_b)
+    };
+    // A crash after the push was scheduled but before a:1's result was stored.
+    {
+        let store = ferrobeam::store::Store::open(&dir.path().join("store")).unwrap();
+        store.delete_result(&a, 1).unwrap();
+        store.sync().unwrap();
+    }
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let again = compute(&base, &a, 1);
+    assert_eq!(again["pushed"][0]["slot"], 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, head_after) = get(&base, &format!("/{b}/slot")).unwrap();
+    assert_eq!(head_after, head_b, "the recomputed push was deduplicated");
+}

@@ -7,7 +7,7 @@
 //! — after a crash, or a replay — yields the same message id, which the scheduler deduplicates:
 //! each outbox message is scheduled on its target exactly once.
 
-use crate::message::{Id, Message, MessageError, Value};
+use crate::message::{Address, Id, Message, MessageError, Value};
 
 /// Deepest chain of pushes from one original message (a message pushed because of a message
 /// pushed because of ...). Deeper outbox messages are not pushed: this is the loop guard that
@@ -52,6 +52,19 @@ pub fn depth_of(message: &Message, from_node: bool) -> i64 {
         Some(Value::Int(depth)) if from_node => (*depth).clamp(0, PUSH_DEPTH_MAX),
         _ => 0,
     }
+}
+
+/// Who sent a message, as a process sees it (`from` in the ABI): for a message the node pushed
+/// (signed by the node, with `from-process`), the originating process; otherwise its signer.
+/// So a process that receives a transfer from another process credits that process, not the node.
+pub fn sender(message: &Message, signer: Address, node: Address) -> Address {
+    if signer == node
+        && let Some(process) = message.text(keys::FROM_PROCESS)
+        && let Ok(process) = process.parse::<Id>()
+    {
+        return Address(process.0);
+    }
+    signer
 }
 
 /// Plans the pushes of one slot's outbox. `depth` is the push depth of the slot's own message.
@@ -132,6 +145,16 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn pushed_messages_come_from_their_process() {
+        let (node, user) = (Address([9; 32]), Address([8; 32]));
+        let pushed = Message::new().with(keys::FROM_PROCESS, Id([5; 32]).to_string());
+        assert_eq!(sender(&pushed, node, node), Address([5; 32]));
+        // A user cannot claim to be a process.
+        assert_eq!(sender(&pushed, user, node), user);
+        assert_eq!(sender(&Message::new(), node, node), node);
     }
 
     #[test]

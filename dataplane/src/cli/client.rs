@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value as Json;
 
 use ferrobeam::execute::{Engine, EngineConfig, Instance, SlotInput};
-use ferrobeam::message::{Id, Message, VerifiedMessage, json as message_json};
+use ferrobeam::message::{Address, Id, Message, VerifiedMessage, json as message_json};
 use ferrobeam::node::compute::result_record;
 use ferrobeam::schedule::{Assignment, verify_schedule};
 
@@ -103,14 +103,15 @@ struct Slot {
 /// compares with the node's results. Returns the report (with `ok`).
 pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json> {
     let info = client.get_json("/~meta@1.0/info")?;
-    let node_address = info["address"]
+    let node_text = info["address"]
         .as_str()
         .context("node info has no address")?
         .to_owned();
+    let node_address: Address = node_text.parse()?;
     let slot_info = client.get_json(&format!("/{process}/slot"))?;
     let last = slot_info["current"].as_u64().context("no current slot")?;
     let to = to_slot.unwrap_or(last).min(last);
-    let slots = download_schedule(client, process, to, &node_address)?;
+    let slots = download_schedule(client, process, to, &node_text)?;
     let assignments: Vec<Assignment> = slots.iter().map(|s| s.assignment.clone()).collect();
     if let Err(i) = verify_schedule(process, &assignments) {
         return Ok(mismatch(
@@ -142,6 +143,7 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
             .first()
             .map(|c| c.address())
             .context("unsigned message in the schedule")?;
+        let from = ferrobeam::push::sender(&s.message, from, node_address);
         let input = SlotInput {
             process: *process,
             slot: slot as u64,

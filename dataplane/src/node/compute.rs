@@ -101,6 +101,8 @@ pub struct Wiring {
     pub metrics: Arc<Metrics>,
     /// The pusher, set once the sequencer runs.
     pub pusher: Arc<OnceLock<Pusher>>,
+    /// The node's address: messages it signed are pushed messages (see `crate::push::sender`).
+    pub node: Address,
 }
 
 /// Starts the dispatcher thread and the executors. The thread ends (and stops the executors)
@@ -120,6 +122,7 @@ pub fn start(
         computed,
         metrics,
         pusher,
+        node,
     } = wiring;
     let mut config = ExecutorsConfig::new(cores);
     config.snapshot_interval = snapshot_interval;
@@ -150,6 +153,7 @@ pub fn start(
         inflight_per_core: vec![0; cores],
         queue_max,
         pusher,
+        node,
     };
     let thread = std::thread::Builder::new()
         .name("ferrobeam-compute".into())
@@ -171,6 +175,7 @@ struct Dispatcher {
     queue_max: usize,
     /// Set once the sequencer exists (it is started after the executors).
     pusher: Arc<OnceLock<Pusher>>,
+    node: Address,
 }
 
 impl Dispatcher {
@@ -238,13 +243,14 @@ impl Dispatcher {
                 return true;
             }
         };
-        let node = self.pusher.get().map(Pusher::address);
+        let node = self.node;
         for (assignment, message) in slots {
             let Some(from) = message.commitments().first().map(|c| c.address()) else {
                 tracing::error!(%process, slot = assignment.slot, "stored message is unsigned");
                 return true;
             };
-            let depth = push::depth_of(&message, Some(from) == node);
+            let depth = push::depth_of(&message, from == node);
+            let from = push::sender(&message, from, node);
             let input = SlotInput {
                 process,
                 slot: assignment.slot,

@@ -374,20 +374,28 @@ impl SequencerThread {
                 Err(e) => tracing::error!(error = %e, "cannot reload heads after a failed commit"),
             }
         }
-        for (reply, outcome) in replies {
-            let answer = match (outcome, &committed) {
-                (Outcome::Now(answer), _) => answer,
-                (Outcome::New(i) | Outcome::SameAs(i), Ok(())) => {
-                    let s = &scheduled[i];
-                    Ok(Ack::new(&s.assignment, &s.signed, false))
-                }
-                (_, Err(e)) => Err(NodeError::Unavailable(format!("commit failed: {e}"))),
-            };
-            // A sender that went away no longer needs its ack; the message is durable anyway.
-            let _ = reply.send(answer);
-        }
+        let answers: Vec<_> = replies
+            .into_iter()
+            .map(|(reply, outcome)| {
+                let answer = match (outcome, &committed) {
+                    (Outcome::Now(answer), _) => answer,
+                    (Outcome::New(i) | Outcome::SameAs(i), Ok(())) => {
+                        let s = &scheduled[i];
+                        Ok(Ack::new(&s.assignment, &s.signed, false))
+                    }
+                    (_, Err(e)) => Err(NodeError::Unavailable(format!("commit failed: {e}"))),
+                };
+                (reply, answer)
+            })
+            .collect();
+        // Heads are updated before anyone is acknowledged, so a sender that reads the process
+        // right after its ack sees its slot.
         if committed.is_ok() && !scheduled.is_empty() {
             (self.on_commit)(scheduled);
+        }
+        for (reply, answer) in answers {
+            // A sender that went away no longer needs its ack; the message is durable anyway.
+            let _ = reply.send(answer);
         }
     }
 
@@ -703,6 +711,7 @@ impl Node {
                 computed: computed.clone(),
                 metrics: metrics.clone(),
                 pusher: pusher.clone(),
+                node: wallet.address(),
             },
             config.exec_threads(),
             config.snapshot_interval,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value as Json, json};
 
 use super::{WeakSequencer, read_lock};
-use crate::message::{Address, Id, Message, VerifiedMessage, Wallet, json as message_json};
+use crate::message::{Id, Message, VerifiedMessage, Wallet, json as message_json};
 use crate::push::{self, Push};
 use crate::schedule::ProcessHead;
 
@@ -51,11 +51,6 @@ impl Pusher {
                 .collect(),
             agent,
         }
-    }
-
-    /// The node's address: messages it signed carry trusted push depths.
-    pub fn address(&self) -> Address {
-        self.wallet.address()
     }
 
     /// Pushes a slot's outbox; returns the push record (one entry per outbox message).

@@ -10,6 +10,8 @@
 //! fjall was chosen over redb by measurement (docs/BENCHMARKS.md: 5× faster group-commit appends,
 //! equal point lookups).
 
+mod assets;
+
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -73,6 +75,7 @@ pub struct Store {
     index: Keyspace,
     results: Keyspace,
     snapshots: Keyspace,
+    assets: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,6 +113,7 @@ impl Store {
             index: open("index")?,
             results: open("results")?,
             snapshots: open("snapshots")?,
+            assets: open("assets")?,
             db,
         })
     }

@@ -14,7 +14,7 @@ fn wallet(seed: u8) -> Wallet {
     .unwrap()
 }
 
-/// A node with two logical CPUs, memory, and a NIC of unknown speed.
+/// A node with two logical CPUs, memory, a disk, a NIC of unknown speed and a GPU.
 fn registry(node: &Wallet, operators: &[Address]) -> Registry {
     let json = include_str!("test-inventory.json");
     let inventory = Inventory::from_json(json).unwrap();
@@ -101,6 +101,21 @@ fn detected_resources_become_assets_with_units() {
     );
     assert!(r.cpu_core(2).is_none());
     assert!(r.assets().all(|a| a.origin == Origin::Detected));
+    // A GPU (from a fixture inventory: no real GPU has been seen by these tests).
+    let gpu = r.asset(&kind_asset(&r, "gpu")).unwrap();
+    assert_eq!(gpu.identity, "GPU-00000000-1111-2222-3333-444444444444");
+    assert_eq!(
+        (gpu.capacity, gpu.unit.as_str()),
+        (Some(85_899_345_920), "bytes")
+    );
+    assert_eq!(
+        gpu.id,
+        AssetId::derive(
+            &node.address(),
+            "gpu",
+            "GPU-00000000-1111-2222-3333-444444444444"
+        )
+    );
 }
 
 #[test]
@@ -479,7 +494,7 @@ fn privacy_levels_decide_views() {
     assert!(view::list_json(&r, Privacy::Private, View::AddressOnly).is_none());
     let counts = view::list_json(&r, Privacy::P2p, View::KindsAndCounts).unwrap();
     assert!(counts.get("assets").is_none());
-    assert_eq!(counts["kinds"].as_array().unwrap().len(), 4);
+    assert_eq!(counts["kinds"].as_array().unwrap().len(), 5);
     let public = view::list_json(&r, Privacy::PublicNetwork, View::NoIdentities).unwrap();
     assert!(
         public["assets"]

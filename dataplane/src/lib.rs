@@ -27,6 +27,8 @@ pub mod schedule;
 pub mod store;
 // Executor cores: wasmtime, the native ABI, snapshots.
 pub mod execute;
+// Hardware as assets: ids, allocations, privacy views (sans-IO).
+pub mod assets;
 // Outbox → messages scheduled on their targets (sans-IO).
 pub mod push;
 // Wiring: sequencer, compute driver, configuration, node key, metrics.

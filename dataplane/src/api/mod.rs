@@ -6,6 +6,8 @@
 //! [`NodeError::status`]; the code is [`NodeError::code`]. Every route is documented in
 //! `docs/http-api.md`.
 
+pub mod assets;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +65,7 @@ impl IntoResponse for ApiError {
 /// Builds the router over the node's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/~meta@1.0/info", get(info))
+        .route("/~meta@1.0/info", get(assets::info))
         .route("/~meta@1.0/info/address", get(info_address))
         .route("/~wasm@1.0/module", post(upload_module))
         .route("/~wasm@1.0/module/{id}", get(download_module))
@@ -71,6 +73,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/~message@1.0/{id}", get(message_by_id))
         .route("/metrics", get(metrics))
         .route("/{process}/{action}", get(process_get).post(process_post))
+        .merge(assets::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -103,10 +106,6 @@ async fn count_errors(
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError(NodeError::NotFound(format!("no route for {}", uri.path())))
-}
-
-async fn info(State(shared): State<Arc<Shared>>) -> axum::Json<Json> {
-    axum::Json(shared.info())
 }
 
 async fn info_address(State(shared): State<Arc<Shared>>) -> String {

@@ -1,6 +1,7 @@
 //! Command-line interface: `ferrobeam node` (the default) and the clients that talk to a node.
 //! Every client command takes `--json` and then prints exactly one JSON object.
 
+mod assets;
 mod client;
 
 use std::path::PathBuf;
@@ -43,9 +44,18 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct HwArgs {
-    /// Print the inventory as JSON (the versioned schema of docs/hwdetect.md).
+    /// Print the inventory as JSON (the versioned schema of docs/hwdetect.md); with --node,
+    /// `{"inventory": ..., "assets": <the node's /~assets@1.0/list>}`.
     #[arg(long)]
     json: bool,
+    /// Also show this node's assets and allocations (executor cores included), e.g.
+    /// http://127.0.0.1:8734.
+    #[arg(long)]
+    node: Option<String>,
+    /// Sign the read with this wallet JWK (the node key or an operator's), for privacy levels
+    /// that hide assets from unauthenticated callers.
+    #[arg(long, requires = "node")]
+    wallet: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -439,12 +449,7 @@ fn audit(args: AuditArgs) -> Result<ExitCode> {
 }
 
 fn hw(args: HwArgs) -> Result<ExitCode> {
-    let inventory = ferrobeam_hwdetect::Inventory::detect();
-    if args.json {
-        println!("{}", inventory.to_json());
-    } else {
-        println!("{}", inventory.summary());
-    }
+    assets::hw(args.json, args.node.as_deref(), args.wallet.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 

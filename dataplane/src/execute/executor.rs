@@ -24,6 +24,19 @@ pub const EXECUTOR_CORES_MAX: usize = 256;
 
 const _: () = assert!(EXECUTOR_QUEUE_MAX > 0);
 
+/// The CPUs executor threads `0..cores` are pinned to: thread i gets the i-th logical CPU this
+/// process may run on (its affinity mask), modulo their count. Empty when the OS does not say
+/// (then threads run unpinned). The asset registry allocates these CPUs to the node.
+pub fn pin_plan(cores: usize) -> Vec<core_affinity::CoreId> {
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    if core_ids.is_empty() {
+        return Vec::new();
+    }
+    (0..cores)
+        .map(|index| core_ids[index % core_ids.len()])
+        .collect()
+}
+
 /// How to start [`Executors`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -103,12 +116,12 @@ impl Executors {
         let pool_share = (engine.instances_max() as usize / config.cores).max(1);
         let live_max = config.live_max.unwrap_or(pool_share).max(1);
         let snapshot_interval = config.snapshot_interval.max(1);
-        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let plan = pin_plan(config.cores);
         let mut queues = Vec::with_capacity(config.cores);
         let mut threads = Vec::with_capacity(config.cores);
         for index in 0..config.cores {
             let (sender, receiver) = crossbeam_channel::bounded(queue_max);
-            let pin = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
+            let pin = plan.get(index).copied();
             let core = Core {
                 live: HashMap::new(),
                 live_max,

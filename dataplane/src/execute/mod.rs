@@ -45,7 +45,7 @@ pub use engine::{
     TABLE_ELEMENTS_MAX, WASM_STACK_BYTES_MAX,
 };
 pub use executor::{
-    EXECUTOR_CORES_MAX, EXECUTOR_QUEUE_MAX, Executors, ExecutorsConfig, Job, JobDone,
+    EXECUTOR_CORES_MAX, EXECUTOR_QUEUE_MAX, Executors, ExecutorsConfig, Job, JobDone, pin_plan,
 };
 pub use instance::{Instance, ProcessLimits};
 pub use snapshot::{GLOBALS_MAX, GlobalValue, SNAPSHOT_VERSION, Snapshot};

@@ -15,6 +15,9 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 /// Default largest group commit: 1024 messages of up to ~1 KB keep one fsync under a few ms
 /// while amortizing it; the queue in front of it bounds memory (see `REQUEST_QUEUE_MAX`).
 pub const COMMIT_BATCH_MAX_DEFAULT: usize = 1024;
+/// Most configured operators: each is checked on register and release; 256 is far more than an
+/// operator team, and a longer list is a configuration error.
+pub const OPERATORS_MAX: usize = 256;
 
 /// Everything an operator can set. Unknown keys in a file are rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +40,10 @@ pub struct NodeConfig {
     /// Where processes that do not live on this node are: outbox messages to them are pushed
     /// to that node over HTTP.
     pub routes: Vec<Route>,
+    /// What unauthenticated callers of info and the asset routes see (docs/assets.md).
+    pub privacy: crate::assets::Privacy,
+    /// Addresses that may register assets and release any allocation, besides the node key's.
+    pub operators: Vec<crate::message::Address>,
 }
 
 /// One entry of the route table.
@@ -61,6 +68,8 @@ impl Default for NodeConfig {
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             compute_wait_ms: 30_000,
             routes: Vec::new(),
+            privacy: crate::assets::Privacy::default(),
+            operators: Vec::new(),
         }
     }
 }
@@ -127,6 +136,11 @@ impl NodeConfig {
                 "commit-batch-max must be 1..=65536".into(),
             ));
         }
+        if self.operators.len() > OPERATORS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "operators: at most {OPERATORS_MAX} addresses"
+            )));
+        }
         Ok(())
     }
 
@@ -171,6 +185,20 @@ mod tests {
         assert_eq!(c.snapshot_interval, 8);
         assert_eq!(c.body_bytes_max, BODY_BYTES_MAX_DEFAULT);
         std::fs::write(&path, "htp = \"x\"\n").unwrap();
+        assert!(matches!(
+            NodeConfig::from_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let operator = crate::message::Address([5; 32]);
+        std::fs::write(
+            &path,
+            format!("privacy = \"p2p\"\noperators = [\"{operator}\"]\n"),
+        )
+        .unwrap();
+        let c = NodeConfig::from_file(&path).unwrap();
+        assert_eq!(c.privacy, crate::assets::Privacy::P2p);
+        assert_eq!(c.operators, vec![operator]);
+        std::fs::write(&path, "privacy = \"secret\"\n").unwrap();
         assert!(matches!(
             NodeConfig::from_file(&path),
             Err(ConfigError::Parse { .. })

@@ -6,6 +6,7 @@
 //! the batch to compute. A single owner means slots are never duplicated or skipped, without
 //! locks; the group commit amortizes the fsync over every concurrent sender.
 
+pub mod assets;
 pub mod compute;
 pub mod config;
 mod key;
@@ -80,6 +81,15 @@ pub enum NodeError {
     /// No such resource.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A request's authentication header is malformed, stale or for another path.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The signer may not do this (not an operator, not the owner).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The request conflicts with the current state (over-allocation, an existing asset).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The node is shutting down or its sequencer stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
@@ -103,6 +113,9 @@ impl NodeError {
             NodeError::BodyTooLarge(_) => "BodyTooLarge",
             NodeError::BadRequest(_) => "BadRequest",
             NodeError::NotFound(_) => "NotFound",
+            NodeError::Unauthenticated(_) => "Unauthenticated",
+            NodeError::Forbidden(_) => "Forbidden",
+            NodeError::Conflict(_) => "Conflict",
             NodeError::Unavailable(_) => "Unavailable",
             NodeError::Store(_) => "Store",
         }
@@ -111,7 +124,8 @@ impl NodeError {
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            NodeError::Message(MessageError::Unsigned | MessageError::SignatureInvalid) => 401,
+            NodeError::Message(MessageError::Unsigned | MessageError::SignatureInvalid)
+            | NodeError::Unauthenticated(_) => 401,
             NodeError::Message(MessageError::TooLarge) | NodeError::BodyTooLarge(_) => 413,
             NodeError::Message(_)
             | NodeError::ModuleInvalid(_)
@@ -122,6 +136,8 @@ impl NodeError {
             | NodeError::UnknownModule(_)
             | NodeError::SlotNotAssigned { .. }
             | NodeError::NotFound(_) => 404,
+            NodeError::Forbidden(_) => 403,
+            NodeError::Conflict(_) => 409,
             NodeError::ComputePending { .. } | NodeError::Unavailable(_) => 503,
             NodeError::Store(_) => 500,
         }
@@ -552,6 +568,8 @@ pub struct Shared {
     pub validate_module: ModuleValidator,
     /// The hardware inventory, detected at start.
     pub inventory: ferrobeam_hwdetect::Inventory,
+    /// The asset registry (the executor's cores allocated at start).
+    pub assets: assets::Assets,
 }
 
 impl Shared {
@@ -579,6 +597,7 @@ impl Shared {
             text = stripped.to_owned();
         }
         text.push_str(&self.inventory.prometheus());
+        text.push_str(&self.assets.prometheus());
         text.push_str("# EOF\n");
         text
     }
@@ -627,6 +646,7 @@ pub const DEVICES: &[&str] = &[
     "scheduler@1.0",
     "process@1.0",
     "wasm@1.0",
+    "assets@1.0",
 ];
 
 /// Why a node could not start.
@@ -690,6 +710,18 @@ impl Node {
             .map_err(|e| NodeError::Unavailable(format!("hardware detection: {e}")))?;
         let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
         let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
+        let pinned: Vec<u32> = crate::execute::pin_plan(config.exec_threads())
+            .iter()
+            .filter_map(|core| u32::try_from(core.id).ok())
+            .collect();
+        let assets = assets::Assets::open(
+            store.clone(),
+            &inventory.resources(),
+            wallet.address(),
+            &config.operators,
+            config.privacy,
+            &pinned,
+        )?;
         let heads = Arc::new(RwLock::new(heads));
         let metrics = Arc::new(metrics::Metrics::new());
         let computed = Arc::new(Computed::default());
@@ -767,6 +799,7 @@ impl Node {
             heads,
             validate_module: Box::new(move |wasm| engine.validate(wasm).map_err(|e| e.to_string())),
             inventory,
+            assets,
         });
         Ok(Self {
             shared,
@@ -796,7 +829,9 @@ impl Node {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = crate::api::router(self.shared);
+        // Connection info: privacy levels tell loopback and private-network callers apart.
+        let app =
+            crate::api::router(self.shared).into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

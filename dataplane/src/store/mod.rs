@@ -10,6 +10,8 @@
 //! fjall was chosen over redb by measurement (docs/BENCHMARKS.md: 5× faster group-commit appends,
 //! equal point lookups).
 
+mod assets;
+
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -74,6 +76,7 @@ pub struct Store {
     results: Keyspace,
     pushes: Keyspace,
     snapshots: Keyspace,
+    assets: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -112,6 +115,7 @@ impl Store {
             results: open("results")?,
             pushes: open("pushes")?,
             snapshots: open("snapshots")?,
+            assets: open("assets")?,
             db,
         })
     }

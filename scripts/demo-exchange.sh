@@ -183,6 +183,14 @@ expect_error "$(act buyer "$book" action=Credit-Notice sender="$buyer" quantity=
 expect_error "$(act buyer "$book" action=Buy quantity=1)" "no matching sell order"
 expect_error "$(act seller "$book" action=Sell quantity=1 price=10)" "insufficient asset escrow"
 
+echo "6. anyone can recompute the three processes from their schedules (pushes included):"
+for named in "token $token" "asset $asset" "order book $book"; do
+  process="${named##* }"
+  fb audit --process "$process" | jq -r --arg name "${named% *}" \
+    '"   \($name): \(.slots) slots recomputed, results and hashpaths match"' \
+    || die "audit of ${named% *} failed"
+done
+
 # --- final balances -------------------------------------------------------------------------------
 echo
 printf '%-12s %8s %8s\n' "" token asset

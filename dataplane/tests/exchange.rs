@@ -226,6 +226,18 @@ fn a_market_order_settles_through_pushed_transfers() {
             "{record}"
         );
     }
+
+    // Anyone can recompute all three from their schedules, node-signed pushes included.
+    for process in [ex.token, ex.asset, ex.book] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferrobeam"))
+            .args(["audit", "--json", "--node", &ex.base])
+            .args(["--process", &process.to_string()])
+            .output()
+            .unwrap();
+        let report: Json = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        assert!(output.status.success(), "{report}");
+        assert_eq!(report["ok"], true, "{report}");
+    }
 }
 
 #[test]

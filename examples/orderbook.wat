@@ -7,8 +7,8 @@
 ;; balances, on behalf of that account.
 ;;
 ;; Slot 0 (the process message): the tags `token` and `asset` name the two processes (their ids).
-;; Fails with "missing token or asset tag" without them; every later message then fails with
-;; "order book not initialized".
+;; Fails with "missing token or asset tag" without them (or "token and asset are the same
+;; process"); every later message then fails with "order book not initialized".
 ;;
 ;; `action: Credit-Notice`, `sender`, `quantity`: only from the token or asset process (env `from`,
 ;; which for a message the node pushed is the process whose outbox held it). Adds `quantity` to

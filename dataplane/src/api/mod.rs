@@ -6,6 +6,8 @@
 //! [`NodeError::status`]; the code is [`NodeError::code`]. Every route is documented in
 //! `docs/http-api.md`.
 
+mod attest;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +73,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/~message@1.0/{id}", get(message_by_id))
         .route("/metrics", get(metrics))
         .route("/{process}/{action}", get(process_get).post(process_post))
+        .merge(attest::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

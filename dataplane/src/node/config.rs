@@ -34,6 +34,11 @@ pub struct NodeConfig {
     pub commit_batch_max: usize,
     /// How long `compute` waits for a slot that is scheduled but not yet computed, in ms.
     pub compute_wait_ms: u64,
+    /// Which attestation evidence the node produces: `auto`, `snp`, `tpm` or `none`.
+    pub attestation: super::attest::AttestationMode,
+    /// How to reach the TPM when attestation uses one: `device:/dev/tpmrm0`, or
+    /// `swtpm:host=127.0.0.1,port=P` for a software TPM.
+    pub tpm_tcti: String,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +52,8 @@ impl Default for NodeConfig {
             snapshot_interval: 64,
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             compute_wait_ms: 30_000,
+            attestation: super::attest::AttestationMode::default(),
+            tpm_tcti: super::attest::TPM_TCTI_DEFAULT.to_owned(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the batch to compute. A single owner means slots are never duplicated or skipped, without
 //! locks; the group commit amortizes the fsync over every concurrent sender.
 
+pub mod attest;
 pub mod config;
 mod key;
 
@@ -81,6 +82,9 @@ pub enum NodeError {
     /// The node is shutting down or its sequencer stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
+    /// Attestation: a bad nonce, a busy or failing evidence provider.
+    #[error(transparent)]
+    Attest(#[from] attest::AttestError),
     /// The store failed; nothing was acknowledged.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -102,6 +106,7 @@ impl NodeError {
             NodeError::BadRequest(_) => "BadRequest",
             NodeError::NotFound(_) => "NotFound",
             NodeError::Unavailable(_) => "Unavailable",
+            NodeError::Attest(e) => e.code(),
             NodeError::Store(_) => "Store",
         }
     }
@@ -122,6 +127,7 @@ impl NodeError {
             | NodeError::NotFound(_) => 404,
             NodeError::ComputePending { .. } | NodeError::Unavailable(_) => 503,
             NodeError::Store(_) => 500,
+            NodeError::Attest(e) => e.status(),
         }
     }
 }
@@ -495,6 +501,8 @@ pub struct Shared {
     pub validate_module: ModuleValidator,
     /// The hardware inventory, detected at start.
     pub inventory: ferrobeam_hwdetect::Inventory,
+    /// The attestation evidence provider (`/~attest@1.0/report`).
+    pub attestation: Arc<attest::Attestation>,
 }
 
 impl Shared {
@@ -505,7 +513,8 @@ impl Shared {
             "public-key": crate::message::b64(&self.public_key),
             "scheme": "ed25519",
             "version": env!("CARGO_PKG_VERSION"),
-            "devices": DEVICES,
+            "devices": self.devices(),
+            "attestation": self.attestation.info(),
             "config": self.config.public(),
             "config-id": self.config.public_id(),
             "processes": self.read_heads().len(),
@@ -622,6 +631,9 @@ impl Node {
         let inventory = tokio::task::spawn_blocking(ferrobeam_hwdetect::Inventory::detect)
             .await
             .map_err(|e| NodeError::Unavailable(format!("hardware detection: {e}")))?;
+        let attestation = attest::Attestation::start(&config, &wallet)
+            .await
+            .map_err(NodeError::from)?;
         let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
         let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
         let heads = Arc::new(RwLock::new(heads));
@@ -664,6 +676,7 @@ impl Node {
             heads,
             validate_module: Box::new(|_| Ok(())),
             inventory,
+            attestation,
         });
         Ok(Self { shared, listener })
     }

@@ -2,6 +2,7 @@
 //! Every client command takes `--json` and then prints exactly one JSON object.
 
 mod client;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Audit(AuditArgs),
     /// Show this machine's hardware inventory.
     Hw(HwArgs),
+    /// Verify a node's attestation evidence (online with --node, offline with --evidence).
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +62,12 @@ struct NodeArgs {
     /// TOML configuration file (embedded defaults otherwise).
     #[arg(long, env = "FERROBEAM_CONFIG")]
     config: Option<PathBuf>,
+    /// Attestation evidence: auto, snp, tpm or none (docs/operators.md).
+    #[arg(long, env = "FERROBEAM_ATTESTATION")]
+    attestation: Option<ferrobeam::node::attest::AttestationMode>,
+    /// TPM TCTI: device:/dev/tpmrm0 (default) or swtpm:host=127.0.0.1,port=P.
+    #[arg(long, env = "FERROBEAM_TPM_TCTI")]
+    tpm_tcti: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Result(args) => result(args),
         Command::Audit(args) => audit(args),
         Command::Hw(args) => hw(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
@@ -194,6 +204,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     }
     if let Some(http) = args.http {
         config.http = http;
+    }
+    if let Some(attestation) = args.attestation {
+        config.attestation = attestation;
+    }
+    if let Some(tcti) = args.tpm_tcti {
+        config.tpm_tcti = tcti;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

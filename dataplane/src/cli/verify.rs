@@ -254,11 +254,11 @@ fn fetch(
     save: Option<&Path>,
 ) -> Result<Result<Fetched, Error>, UsageError> {
     let (nonce, nonce_source) = match nonce {
-        Some(nonce) => (nonce, "--nonce"),
+        Some(nonce) => (nonce, "given with --nonce"),
         None => {
             let mut nonce = vec![0u8; NONCE_BYTES_DEFAULT];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-            (nonce, "fresh random")
+            (nonce, "drawn at random")
         }
     };
     let client = Client::new(node);
@@ -301,8 +301,11 @@ fn read_evidence(
         Err(e) => return Ok(Err(e)),
     };
     let (expected_nonce, nonce_source) = match nonce {
-        Some(nonce) => (nonce, "--nonce"),
-        None => (evidence.nonce.0.clone(), "the evidence (no freshness)"),
+        Some(nonce) => (nonce, "given with --nonce"),
+        None => (
+            evidence.nonce.0.clone(),
+            "taken from the evidence: no freshness",
+        ),
     };
     Ok(Ok(Fetched {
         evidence,
@@ -418,7 +421,7 @@ fn human_verified(out: &Json) -> String {
         )),
     }
     lines.push(format!(
-        "nonce            {} (from {})",
+        "nonce            {} ({})",
         text(&out["nonce"]),
         text(&out["nonce-source"])
     ));

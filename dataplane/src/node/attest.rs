@@ -367,11 +367,23 @@ fn open_tpm(tcti: &str, ak_path: &Path, reason: String) -> Result<Opened, Attest
         }
     })?;
     let ak_name = provider.ak_name();
-    Ok(Opened {
+    self_check(Opened {
         provider: Box::new(provider),
         reason: format!("{reason}; AK in {}", ak_path.display()),
         ak_name: Some(ak_name),
     })
+}
+
+/// Asks the hardware for one report at start (over zeros, then discarded), so that an AK file
+/// the TPM no longer loads (a cleared TPM, another machine) or a device that refuses requests
+/// fails the start rather than every later request.
+fn self_check(mut opened: Opened) -> Result<Opened, AttestError> {
+    let kind = opened.provider.kind();
+    opened
+        .provider
+        .evidence([0u8; 64])
+        .map_err(|source| AttestError::Provider { kind, source })?;
+    Ok(opened)
 }
 
 fn open_snp(via_configfs_tsm: bool, reason: String) -> Result<Opened, AttestError> {
@@ -387,7 +399,7 @@ fn open_snp(via_configfs_tsm: bool, reason: String) -> Result<Opened, AttestErro
         })?;
         Box::new(SnpProvider::new(device, 0))
     };
-    Ok(Opened {
+    self_check(Opened {
         provider,
         reason,
         ak_name: None,

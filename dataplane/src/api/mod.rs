@@ -7,6 +7,7 @@
 //! `docs/http-api.md`.
 
 pub mod assets;
+mod attest;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +75,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/{process}/{action}", get(process_get).post(process_post))
         .merge(assets::routes())
+        .merge(attest::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

@@ -3,6 +3,7 @@
 
 mod assets;
 mod client;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Audit(AuditArgs),
     /// Show this machine's hardware inventory.
     Hw(HwArgs),
+    /// Verify a node's attestation evidence (online with --node, offline with --evidence).
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +72,12 @@ struct NodeArgs {
     /// TOML configuration file (embedded defaults otherwise).
     #[arg(long, env = "FERROBEAM_CONFIG")]
     config: Option<PathBuf>,
+    /// Attestation evidence: auto, snp, tpm or none (docs/operators.md).
+    #[arg(long, env = "FERROBEAM_ATTESTATION")]
+    attestation: Option<ferrobeam::node::attest::AttestationMode>,
+    /// TPM TCTI: device:/dev/tpmrm0 (default) or swtpm:host=127.0.0.1,port=P.
+    #[arg(long, env = "FERROBEAM_TPM_TCTI")]
+    tpm_tcti: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -185,6 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Result(args) => result(args),
         Command::Audit(args) => audit(args),
         Command::Hw(args) => hw(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
@@ -205,6 +215,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     }
     if let Some(http) = args.http {
         config.http = http;
+    }
+    if let Some(attestation) = args.attestation {
+        config.attestation = attestation;
+    }
+    if let Some(tcti) = args.tpm_tcti {
+        config.tpm_tcti = tcti;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

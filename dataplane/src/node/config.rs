@@ -44,6 +44,11 @@ pub struct NodeConfig {
     pub privacy: crate::assets::Privacy,
     /// Addresses that may register assets and release any allocation, besides the node key's.
     pub operators: Vec<crate::message::Address>,
+    /// Which attestation evidence the node produces: `auto`, `snp`, `tpm` or `none`.
+    pub attestation: super::attest::AttestationMode,
+    /// How to reach the TPM when attestation uses one: `device:/dev/tpmrm0`, or
+    /// `swtpm:host=127.0.0.1,port=P` for a software TPM.
+    pub tpm_tcti: String,
 }
 
 /// One entry of the route table.
@@ -70,6 +75,8 @@ impl Default for NodeConfig {
             routes: Vec::new(),
             privacy: crate::assets::Privacy::default(),
             operators: Vec::new(),
+            attestation: super::attest::AttestationMode::default(),
+            tpm_tcti: super::attest::TPM_TCTI_DEFAULT.to_owned(),
         }
     }
 }

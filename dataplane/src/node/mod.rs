@@ -2,11 +2,12 @@
 //!
 //! One sequencer thread owns the [`Scheduler`]: it drains queued requests (up to
 //! `commit-batch-max`), assigns slots, signs assignments with the node key, appends the whole
-//! batch to the store in one fsynced commit, and only then acknowledges every sender and hands
-//! the batch to compute. A single owner means slots are never duplicated or skipped, without
+//! batch to the store in one fsynced commit, and only then updates the process heads, hands the
+//! batch to compute and acknowledges every sender. A single owner means slots are never duplicated or skipped, without
 //! locks; the group commit amortizes the fsync over every concurrent sender.
 
 pub mod assets;
+pub mod attest;
 pub mod compute;
 pub mod config;
 mod key;
@@ -93,6 +94,9 @@ pub enum NodeError {
     /// The node is shutting down or its sequencer stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
+    /// Attestation: a bad nonce, a busy or failing evidence provider.
+    #[error(transparent)]
+    Attest(#[from] attest::AttestError),
     /// The store failed; nothing was acknowledged.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -117,6 +121,7 @@ impl NodeError {
             NodeError::Forbidden(_) => "Forbidden",
             NodeError::Conflict(_) => "Conflict",
             NodeError::Unavailable(_) => "Unavailable",
+            NodeError::Attest(e) => e.code(),
             NodeError::Store(_) => "Store",
         }
     }
@@ -140,6 +145,7 @@ impl NodeError {
             NodeError::Conflict(_) => 409,
             NodeError::ComputePending { .. } | NodeError::Unavailable(_) => 503,
             NodeError::Store(_) => 500,
+            NodeError::Attest(e) => e.status(),
         }
     }
 }
@@ -570,6 +576,8 @@ pub struct Shared {
     pub inventory: ferrobeam_hwdetect::Inventory,
     /// The asset registry (the executor's cores allocated at start).
     pub assets: assets::Assets,
+    /// The attestation evidence provider (`/~attest@1.0/report`).
+    pub attestation: Arc<attest::Attestation>,
 }
 
 impl Shared {
@@ -580,7 +588,8 @@ impl Shared {
             "public-key": crate::message::b64(&self.public_key),
             "scheme": "ed25519",
             "version": env!("CARGO_PKG_VERSION"),
-            "devices": DEVICES,
+            "devices": self.devices(),
+            "attestation": self.attestation.info(),
             "config": self.config.public(),
             "config-id": self.config.public_id(),
             "processes": self.read_heads().len(),
@@ -708,6 +717,9 @@ impl Node {
         let inventory = tokio::task::spawn_blocking(ferrobeam_hwdetect::Inventory::detect)
             .await
             .map_err(|e| NodeError::Unavailable(format!("hardware detection: {e}")))?;
+        let attestation = attest::Attestation::start(&config, &wallet)
+            .await
+            .map_err(NodeError::from)?;
         let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
         let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
         let pinned: Vec<u32> = crate::execute::pin_plan(config.exec_threads())
@@ -800,6 +812,7 @@ impl Node {
             validate_module: Box::new(move |wasm| engine.validate(wasm).map_err(|e| e.to_string())),
             inventory,
             assets,
+            attestation,
         });
         Ok(Self {
             shared,

@@ -321,6 +321,8 @@ async fn run(args: &Args, authority: &str) -> Result<Json> {
         "acked": total.acked,
         "errors": errors,
         "errors_by_kind": total.errors,
+        // Left unsent when a connection could not be reopened after an error.
+        "unsent": args.messages - total.acked - errors,
         "slots_durable": slots_durable,
         "duration_s": duration_s,
         "messages_per_s": total.acked as f64 / duration_s,
@@ -346,12 +348,13 @@ fn print_human(report: &Json) {
         report["concurrency"]
     );
     println!(
-        "acked {} (201) in {:.3} s: {:.0} messages/s; errors {} {}",
+        "acked {} (201) in {:.3} s: {:.0} messages/s; errors {} {}; unsent {}",
         report["acked"],
         report["duration_s"].as_f64().unwrap_or(0.0),
         report["messages_per_s"].as_f64().unwrap_or(0.0),
         report["errors"],
-        report["errors_by_kind"]
+        report["errors_by_kind"],
+        report["unsent"]
     );
     println!(
         "ack latency ms: p50 {} p90 {} p99 {} p99.9 {} max {}",

@@ -54,11 +54,12 @@ pub fn depth_of(message: &Message, from_node: bool) -> i64 {
     }
 }
 
-/// Who sent a message, as a process sees it (`from` in the ABI): for a message the node pushed
-/// (signed by the node, with `from-process`), the originating process; otherwise its signer.
-/// So a process that receives a transfer from another process credits that process, not the node.
-pub fn sender(message: &Message, signer: Address, node: Address) -> Address {
-    if signer == node
+/// Who sent a message, as a process sees it (`from` in the ABI): for a message a trusted node
+/// pushed (signed by this node or a configured peer, with `from-process`), the originating
+/// process; otherwise its signer. So a process that receives a transfer from another process
+/// credits that process, not the node that carried it.
+pub fn sender(message: &Message, signer: Address, pushers: &[Address]) -> Address {
+    if pushers.contains(&signer)
         && let Some(process) = message.text(keys::FROM_PROCESS)
         && let Ok(process) = process.parse::<Id>()
     {
@@ -149,12 +150,14 @@ mod tests {
 
     #[test]
     fn pushed_messages_come_from_their_process() {
-        let (node, user) = (Address([9; 32]), Address([8; 32]));
+        let (node, peer, user) = (Address([9; 32]), Address([7; 32]), Address([8; 32]));
+        let pushers = [node, peer];
         let pushed = Message::new().with(keys::FROM_PROCESS, Id([5; 32]).to_string());
-        assert_eq!(sender(&pushed, node, node), Address([5; 32]));
+        assert_eq!(sender(&pushed, node, &pushers), Address([5; 32]));
+        assert_eq!(sender(&pushed, peer, &pushers), Address([5; 32]));
         // A user cannot claim to be a process.
-        assert_eq!(sender(&pushed, user, node), user);
-        assert_eq!(sender(&Message::new(), node, node), node);
+        assert_eq!(sender(&pushed, user, &pushers), user);
+        assert_eq!(sender(&Message::new(), node, &pushers), node);
     }
 
     #[test]

@@ -40,6 +40,17 @@ const PING: &str = r#"(module
         (call $send_end)))
     i32.const 0))"#;
 
+/// Outputs `from` as the process sees it (env `from`).
+const WHO: &str = r#"(module
+  (import "ferrobeam" "env_get" (func $env_get (param i32 i32 i32 i32) (result i32)))
+  (import "ferrobeam" "output" (func $output (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "from")
+  (func (export "handle") (result i32)
+    (call $output (i32.const 64)
+      (call $env_get (i32.const 0) (i32.const 4) (i32.const 64) (i32.const 64)))
+    i32.const 0))"#;
+
 fn compute(base: &str, process: &Id, slot: u64) -> Json {
     let (status, body) = get(base, &format!("/{process}/compute?slot={slot}")).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -185,4 +196,33 @@ fn a_push_repeated_after_a_crash_is_scheduled_once() {
     std::thread::sleep(Duration::from_millis(200));
     let (_, head_after) = get(&base, &format!("/{b}/slot")).unwrap();
     assert_eq!(head_after, head_b, "the recomputed push was deduplicated");
+}
+
+#[test]
+fn a_trusted_peer_carries_the_source_process_as_sender() {
+    let (dir_a, dir_b) = (tempdir(), tempdir());
+    let alice = wallet(4);
+    // Node A's key exists before either node starts, so B can trust it.
+    let key_a = wallet(40);
+    ferrobeam::node::write_private(&dir_a.path().join("node-key.json"), &key_a).unwrap();
+    let mut config_b = config(dir_b.path());
+    config_b.peers = vec![key_a.address()];
+    let node_b = InProcessNode::start(config_b);
+    let who = spawn_wat(&node_b.url(), &alice, WHO, &[("name", "who")]);
+    let mut config_a = config(dir_a.path());
+    config_a.routes = vec![Route {
+        process: who,
+        node: node_b.url(),
+    }];
+    let node_a = InProcessNode::start(config_a);
+    let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
+    send(&node_a.url(), &alice, &a, &[("peer", &who.to_string())]);
+    assert_eq!(compute(&node_a.url(), &a, 1)["pushed"][0]["slot"], 1);
+    assert_eq!(compute(&node_b.url(), &who, 1)["output"], a.to_string());
+    // A direct message from a user is from the user.
+    send(&node_b.url(), &alice, &who, &[("i", "2")]);
+    assert_eq!(
+        compute(&node_b.url(), &who, 2)["output"],
+        alice.address().to_string()
+    );
 }

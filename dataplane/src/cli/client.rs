@@ -108,6 +108,11 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
         .context("node info has no address")?
         .to_owned();
     let node_address: Address = node_text.parse()?;
+    // The node and the peers it trusts to carry pushed messages (its public configuration).
+    let mut pushers = vec![node_address];
+    for peer in info["config"]["peers"].as_array().into_iter().flatten() {
+        pushers.push(peer.as_str().context("a peer is not text")?.parse()?);
+    }
     let slot_info = client.get_json(&format!("/{process}/slot"))?;
     let last = slot_info["current"].as_u64().context("no current slot")?;
     let to = to_slot.unwrap_or(last).min(last);
@@ -143,7 +148,7 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
             .first()
             .map(|c| c.address())
             .context("unsigned message in the schedule")?;
-        let from = ferrobeam::push::sender(&s.message, from, node_address);
+        let from = ferrobeam::push::sender(&s.message, from, &pushers);
         let input = SlotInput {
             process: *process,
             slot: slot as u64,

@@ -101,8 +101,9 @@ pub struct Wiring {
     pub metrics: Arc<Metrics>,
     /// The pusher, set once the sequencer runs.
     pub pusher: Arc<OnceLock<Pusher>>,
-    /// The node's address: messages it signed are pushed messages (see `crate::push::sender`).
-    pub node: Address,
+    /// This node's address and its trusted peers': messages they signed are pushed messages
+    /// (see `crate::push::sender`).
+    pub pushers: Vec<Address>,
 }
 
 /// Starts the dispatcher thread and the executors. The thread ends (and stops the executors)
@@ -122,7 +123,7 @@ pub fn start(
         computed,
         metrics,
         pusher,
-        node,
+        pushers,
     } = wiring;
     let mut config = ExecutorsConfig::new(cores);
     config.snapshot_interval = snapshot_interval;
@@ -153,7 +154,7 @@ pub fn start(
         inflight_per_core: vec![0; cores],
         queue_max,
         pusher,
-        node,
+        pushers,
     };
     let thread = std::thread::Builder::new()
         .name("ferrobeam-compute".into())
@@ -175,7 +176,7 @@ struct Dispatcher {
     queue_max: usize,
     /// Set once the sequencer exists (it is started after the executors).
     pusher: Arc<OnceLock<Pusher>>,
-    node: Address,
+    pushers: Vec<Address>,
 }
 
 impl Dispatcher {
@@ -243,14 +244,13 @@ impl Dispatcher {
                 return true;
             }
         };
-        let node = self.node;
         for (assignment, message) in slots {
             let Some(from) = message.commitments().first().map(|c| c.address()) else {
                 tracing::error!(%process, slot = assignment.slot, "stored message is unsigned");
                 return true;
             };
-            let depth = push::depth_of(&message, from == node);
-            let from = push::sender(&message, from, node);
+            let depth = push::depth_of(&message, self.pushers.contains(&from));
+            let from = push::sender(&message, from, &self.pushers);
             let input = SlotInput {
                 process,
                 slot: assignment.slot,

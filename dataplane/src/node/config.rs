@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// Where processes that do not live on this node are: outbox messages to them are pushed
     /// to that node over HTTP.
     pub routes: Vec<Route>,
+    /// Addresses of peer nodes trusted to carry pushed messages: a message one of them signed
+    /// with `from-process` comes, for the process that receives it, from that process. Part of
+    /// the public configuration (and so of what attestation binds).
+    pub peers: Vec<crate::message::Address>,
     /// What unauthenticated callers of info and the asset routes see (docs/assets.md).
     pub privacy: crate::assets::Privacy,
     /// Addresses that may register assets and release any allocation, besides the node key's.
@@ -73,6 +77,7 @@ impl Default for NodeConfig {
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             compute_wait_ms: 30_000,
             routes: Vec::new(),
+            peers: Vec::new(),
             privacy: crate::assets::Privacy::default(),
             operators: Vec::new(),
             attestation: super::attest::AttestationMode::default(),
@@ -167,6 +172,7 @@ impl NodeConfig {
             "exec-cores": self.exec_threads(),
             "snapshot-interval": self.snapshot_interval,
             "commit-batch-max": self.commit_batch_max,
+            "peers": self.peers,
         })
     }
 

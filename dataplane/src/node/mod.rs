@@ -755,7 +755,9 @@ impl Node {
                 computed: computed.clone(),
                 metrics: metrics.clone(),
                 pusher: pusher.clone(),
-                node: wallet.address(),
+                pushers: std::iter::once(wallet.address())
+                    .chain(config.peers.iter().copied())
+                    .collect(),
             },
             config.exec_threads(),
             config.snapshot_interval,

@@ -13,9 +13,6 @@
 //! swtpm is required (scripts/test.sh installs it); without it this bench fails loudly.
 
 use std::hint::black_box;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ed25519_dalek::Signer as _;
@@ -30,61 +27,21 @@ use ferrobeam_enclave::{NodeSigner, collect};
 /// 2025-06-15: inside the validity of the fixture VCEK and the AMD roots.
 const NOW_UNIX_S: u64 = 1_750_000_000;
 const NONCE: &[u8] = b"verifier nonce, 32 bytes long...";
-const SWTPM_START_TIMEOUT: Duration = Duration::from_secs(10);
 const REPORT_HEX: &str = include_str!("../../attest/tests/fixtures/report_milan.hex");
 const VCEK_DER: &[u8] = include_bytes!("../../attest/tests/fixtures/vcek_milan.der");
 
-/// A swtpm on 127.0.0.1:port (control on port + 1), killed on drop.
+/// A swtpm with its own state directory, both gone on drop.
 struct Swtpm {
-    child: Child,
-    port: u16,
+    tpm: ferrobeam_enclave::swtpm::Swtpm,
     _state: tempfile::TempDir,
 }
 
 impl Swtpm {
     fn start() -> Swtpm {
-        let state = tempfile::tempdir().unwrap();
-        let port = (0..100)
-            .find_map(|_| {
-                let first = TcpListener::bind("127.0.0.1:0").ok()?;
-                let port = first.local_addr().ok()?.port();
-                (port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok())
-                    .then_some(port)
-            })
-            .expect("a free pair of localhost ports");
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.path().display()))
-            .args(["--server", &format!("type=tcp,port={port}")])
-            .args(["--ctrl", &format!("type=tcp,port={}", port + 1)])
-            .args(["--flags", "startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start `swtpm` ({e}); install swtpm (scripts/test.sh does)")
-            });
-        let mut swtpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
-        let deadline = Instant::now() + SWTPM_START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = swtpm.child.try_wait() {
-                panic!("swtpm exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "swtpm did not open port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        swtpm
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let state = tempfile::tempdir().expect("tempdir");
+        let tpm =
+            ferrobeam_enclave::swtpm::Swtpm::start(state.path()).unwrap_or_else(|e| panic!("{e}"));
+        Swtpm { tpm, _state: state }
     }
 }
 
@@ -113,7 +70,7 @@ fn state() -> StateParts {
 fn tpm(c: &mut Criterion) {
     let swtpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
-    let tcti = format!("swtpm:host=127.0.0.1,port={}", swtpm.port);
+    let tcti = swtpm.tpm.tcti();
     let mut provider = TpmProvider::start(TpmConfig::new(tcti, dir.path().join("ak.bin")))
         .expect("TPM provider on swtpm");
     let node = Ed25519Node(ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]));

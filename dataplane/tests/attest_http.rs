@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,75 +14,26 @@ use common::*;
 use serde_json::Value as Json;
 use sha2::{Digest as _, Sha256};
 
-/// How long swtpm gets to open its port.
-const SWTPM_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node gets to answer `info` (TPM start-up creates an EK and an AK).
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 const NONCE_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-/// A swtpm process on 127.0.0.1:port (control on port + 1), killed on drop.
+/// A swtpm with its own state directory, both gone on drop.
 struct Swtpm {
-    child: Child,
-    port: u16,
+    tpm: ferrobeam_enclave::swtpm::Swtpm,
     _state: tempfile::TempDir,
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free pair of localhost ports");
 }
 
 impl Swtpm {
     fn start() -> Swtpm {
         let state = tempdir();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.path().display()))
-            .args(["--server", &format!("type=tcp,port={port}")])
-            .args(["--ctrl", &format!("type=tcp,port={}", port + 1)])
-            .args(["--flags", "startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `swtpm` ({e}). These tests need a real software TPM: install the \
-                     Debian packages swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 \
-                     (scripts/test.sh installs them)."
-                )
-            });
-        let mut swtpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
-        let deadline = Instant::now() + SWTPM_START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = swtpm.child.try_wait() {
-                panic!("swtpm exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "swtpm did not open port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        swtpm
+        let tpm =
+            ferrobeam_enclave::swtpm::Swtpm::start(state.path()).unwrap_or_else(|e| panic!("{e}"));
+        Swtpm { tpm, _state: state }
     }
 
     fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.tpm.tcti()
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod detect;
 pub mod snp;
+pub mod swtpm;
 pub mod tpm;
 
 use ferrobeam_attest::evidence::{NONCE_BYTES_MAX, NONCE_BYTES_MIN};

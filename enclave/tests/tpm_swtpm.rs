@@ -3,10 +3,6 @@
 //!
 //! swtpm is required: CI installs it (scripts/test.sh). Without it these tests fail, loudly.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use ed25519_dalek::Signer as _;
 use ferrobeam_attest::{
     Error, Evidence, EvidenceKind, HardwareClaims, Id32, NodeKeyScheme, NodePublicKey,
@@ -17,25 +13,10 @@ use ferrobeam_enclave::{NodeSigner, collect};
 
 const NOW_UNIX_S: u64 = 1_750_000_000;
 const NONCE: &[u8] = b"verifier nonce, 32 bytes long...";
-/// How long swtpm gets to open its port.
-const SWTPM_START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A swtpm process on 127.0.0.1:port (control on port + 1), killed on drop.
+/// A swtpm with its own state directory, both gone on drop.
 struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free pair of localhost ports");
+    tpm: ferrobeam_enclave::swtpm::Swtpm,
+    state: tempfile::TempDir,
 }
 
 impl Swtpm {
@@ -44,56 +25,19 @@ impl Swtpm {
     }
 
     fn start_with_state(state: tempfile::TempDir) -> Swtpm {
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.path().display()))
-            .args(["--server", &format!("type=tcp,port={port}")])
-            .args(["--ctrl", &format!("type=tcp,port={}", port + 1)])
-            .args(["--flags", "startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `swtpm` ({e}). These tests need a real software TPM: install the \
-                     Debian packages swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 \
-                     (scripts/test.sh installs them)."
-                )
-            });
-        let mut swtpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
-        let deadline = Instant::now() + SWTPM_START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = swtpm.child.try_wait() {
-                panic!("swtpm exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "swtpm did not open port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        swtpm
+        let tpm =
+            ferrobeam_enclave::swtpm::Swtpm::start(state.path()).unwrap_or_else(|e| panic!("{e}"));
+        Swtpm { tpm, state }
     }
 
     fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
+        self.tpm.tcti()
     }
 
     /// Stops swtpm and hands back its state directory.
-    fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let state = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self._state, state)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> tempfile::TempDir {
+        self.tpm.stop();
+        self.state
     }
 }
 

@@ -207,13 +207,7 @@ async fn spawn(shared: &Shared, message: Message) -> ApiResult<(StatusCode, axum
         return Err(NodeError::UnknownModule(module).into());
     }
     let ack = shared.sequencer.spawn(verified).await?;
-    shared.metrics.messages_scheduled.inc();
-    let status = if ack.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, axum::Json(ack_json(&ack))))
+    Ok(acknowledged(shared, &ack))
 }
 
 async fn schedule_on(
@@ -239,13 +233,18 @@ async fn schedule_on(
     }
     let verified = verify(message)?;
     let ack = shared.sequencer.schedule(process, verified).await?;
-    shared.metrics.messages_scheduled.inc();
+    Ok(acknowledged(shared, &ack))
+}
+
+/// 201 with the ack for a newly scheduled message, 200 for one scheduled before.
+fn acknowledged(shared: &Shared, ack: &crate::node::Ack) -> (StatusCode, axum::Json<Json>) {
     let status = if ack.duplicate {
         StatusCode::OK
     } else {
+        shared.metrics.messages_scheduled.inc();
         StatusCode::CREATED
     };
-    Ok((status, axum::Json(ack_json(&ack))))
+    (status, axum::Json(ack_json(ack)))
 }
 
 fn verify(message: Message) -> Result<VerifiedMessage, NodeError> {

@@ -29,6 +29,8 @@ mod abi;
 mod engine;
 mod executor;
 mod instance;
+#[allow(dead_code, reason = "wired into the engine by the ao-json ABI")]
+mod legacy_eh;
 mod memory;
 pub mod process;
 mod snapshot;

@@ -26,14 +26,15 @@
 //! `unsafe` lives only in `memory` (loading a `.cwasm` file, which wasmtime cannot validate).
 
 mod abi;
+mod aojson;
 mod engine;
 mod executor;
 mod instance;
-#[allow(dead_code, reason = "wired into the engine by the ao-json ABI")]
 mod legacy_eh;
 mod memory;
 pub mod process;
 mod snapshot;
+mod wasi;
 
 #[cfg(test)]
 mod tests;
@@ -42,15 +43,21 @@ pub use abi::{
     ENV_KEYS, ERROR_BYTES_MAX, IMPORT_MODULE, OUTBOX_BYTES_MAX, OUTBOX_MESSAGES_MAX,
     OUTPUT_BYTES_MAX, SEND_TAGS_MAX,
 };
+pub use aojson::{
+    Abi, GLOBAL_EXPORT_PREFIX, MODULE_FORMAT_WASM32_PREFIX, MODULE_FORMAT_WASM64,
+    RESPONSE_BYTES_MAX, tag_key, tag_name,
+};
 pub use engine::{
-    ENGINE_INSTANCES_MAX, Engine, EngineConfig, MODULES_LOADED_MAX, Module, ModuleSource,
-    TABLE_ELEMENTS_MAX, WASM_STACK_BYTES_MAX,
+    ENGINE_INSTANCES_MAX, EPOCH_TICK_MS, Engine, EngineConfig, MODULES_LOADED_MAX, Module,
+    ModuleSource, SLOT_WALL_MS_DEFAULT, TABLE_ELEMENTS_MAX, WASM_STACK_BYTES_MAX,
 };
 pub use executor::{
     EXECUTOR_CORES_MAX, EXECUTOR_QUEUE_MAX, Executors, ExecutorsConfig, Job, JobDone,
 };
-pub use instance::{Instance, ProcessLimits};
+pub use instance::{Instance, ProcessLimits, WALL_CLOCK_ERROR_PREFIX};
+pub use legacy_eh::CONTROL_DEPTH_MAX;
 pub use snapshot::{GLOBALS_MAX, GlobalValue, SNAPSHOT_VERSION, Snapshot};
+pub use wasi::STDIO_BYTES_MAX;
 
 use crate::message::{Address, Id, Message};
 
@@ -62,10 +69,22 @@ pub const MEMORY_LIMIT_DEFAULT: u64 = 128 * 1024 * 1024;
 /// The largest `memory-limit` a process may ask for: 4 GiB, all a 32-bit memory can address, and
 /// the pooling allocator's per-memory reservation. A larger limit makes the process invalid.
 pub const MEMORY_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Fuel an ao-json slot gets without `compute-limit`: AO's default of 9×10¹², clamped to
+/// [`COMPUTE_LIMIT_MAX`].
+pub const AO_COMPUTE_LIMIT_DEFAULT: u64 = 9_000_000_000_000;
+/// Linear memory an ao-json process may use without `memory-limit`: AO's default, 1 GiB.
+pub const AO_MEMORY_LIMIT_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// The most fuel an ao-json slot gets, whatever its `compute-limit` says: 10¹¹, on the order
+/// of a minute of compute here. AO counts compute in its own units; this cap keeps a runaway
+/// message a deterministic `compute-limit exceeded` failure well before the wall-clock deadline
+/// would end it nondeterministically.
+pub const COMPUTE_LIMIT_MAX: u64 = 100_000_000_000;
 /// WebAssembly page size; memory sizes in snapshots are multiples of it.
 pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
 
 const _: () = assert!(MEMORY_LIMIT_DEFAULT <= MEMORY_BYTES_MAX);
+const _: () = assert!(AO_MEMORY_LIMIT_DEFAULT <= MEMORY_BYTES_MAX);
+const _: () = assert!(COMPUTE_LIMIT_DEFAULT <= COMPUTE_LIMIT_MAX);
 const _: () = assert!(MEMORY_BYTES_MAX.is_multiple_of(WASM_PAGE_BYTES));
 const _: () = assert!(MEMORY_BYTES_MAX <= usize::MAX as u64);
 

@@ -1,0 +1,130 @@
+//! Real aos modules (opt-in): set `FERROBEAM_AOS_WASM_DIR` to a directory holding
+//! `aos-2-pure-xs.wasm` (HyperBEAM's `test/` directory ships it; never commit it). Without the
+//! variable every test here prints that it was skipped and passes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ferrobeam::execute::{
+    Abi, Engine, EngineConfig, Instance, MODULE_FORMAT_WASM64, SlotInput, SlotOutcome,
+};
+use ferrobeam::message::{Address, Id, Message};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+const AOS: &str = "aos-2-pure-xs.wasm";
+
+fn aos_module(name: &str) -> Option<Vec<u8>> {
+    let Some(dir) = std::env::var_os("FERROBEAM_AOS_WASM_DIR") else {
+        eprintln!("skipped: FERROBEAM_AOS_WASM_DIR is not set (a directory with {name})");
+        return None;
+    };
+    let path = PathBuf::from(dir).join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            eprintln!("skipped: cannot read {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+struct Aos {
+    instance: Instance,
+    process: Id,
+    owner: Address,
+    slot: u64,
+}
+
+impl Aos {
+    fn spawn(engine: &Engine, wasm: &[u8]) -> (Self, SlotOutcome) {
+        let module_id = Id(Sha256::digest(wasm).into());
+        let module = engine.load(module_id, wasm).expect("aos loads");
+        assert_eq!(module.abi(), Abi::AoJson { memory64: true });
+        let definition = Message::new()
+            .with("type", "Process")
+            .with("module", module_id.to_string())
+            .with("module-format", MODULE_FORMAT_WASM64)
+            .with("data-protocol", "ao")
+            .with("variant", "ao.TN.1");
+        let process = definition.id();
+        let instance = Instance::new(&module, process, &definition).expect("instantiates");
+        let mut aos = Self {
+            instance,
+            process,
+            owner: Address([7; 32]),
+            slot: 0,
+        };
+        let first = aos.run(definition);
+        (aos, first)
+    }
+
+    fn run(&mut self, message: Message) -> SlotOutcome {
+        let input = SlotInput {
+            process: self.process,
+            slot: self.slot,
+            message_id: message.id(),
+            message,
+            from: self.owner,
+            owner: self.owner,
+            timestamp_ms: 1_700_000_000_000 + self.slot,
+        };
+        self.slot += 1;
+        self.instance.run(&input).expect("slot runs")
+    }
+
+    fn eval(&mut self, code: &str) -> SlotOutcome {
+        self.run(Message::new().with("action", "Eval").with("data", code))
+    }
+}
+
+fn output_data(outcome: &SlotOutcome) -> Json {
+    let output: Json = serde_json::from_slice(&outcome.output).unwrap_or(Json::Null);
+    output["data"].clone()
+}
+
+#[test]
+fn aos_eval_returns_two() {
+    let Some(wasm) = aos_module(AOS) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.instances_max = 4;
+    let engine = Engine::new(config).unwrap();
+    let started = Instant::now();
+    let (mut aos, first) = Aos::spawn(&engine, &wasm);
+    eprintln!("load + compile + slot 0: {:?}", started.elapsed());
+    assert_eq!(
+        first.error,
+        None,
+        "{}",
+        String::from_utf8_lossy(&first.output)
+    );
+    let outcome = aos.eval("return 1+1");
+    assert_eq!(
+        outcome.error,
+        None,
+        "{}",
+        String::from_utf8_lossy(&outcome.output)
+    );
+    assert_eq!(
+        output_data(&outcome),
+        Json::from("2"),
+        "{}",
+        String::from_utf8_lossy(&outcome.output)
+    );
+    // Per-Eval latency, median of many.
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        let outcome = aos.eval(&format!("return {i}+1"));
+        times.push(t.elapsed());
+        assert_eq!(output_data(&outcome), Json::from((i + 1).to_string()));
+    }
+    times.sort();
+    eprintln!(
+        "aos Eval latency: p50 {:?}, p90 {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1]
+    );
+}

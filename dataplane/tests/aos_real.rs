@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrobeam::execute::{
-    Abi, Engine, EngineConfig, Instance, MODULE_FORMAT_WASM64, SlotInput, SlotOutcome,
+    Abi, Engine, EngineConfig, Instance, MODULE_FORMAT_WASM64, Module, SlotInput, SlotOutcome,
+    Snapshot,
 };
 use ferrobeam::message::{Address, Id, Message};
 use serde_json::Value as Json;
@@ -31,6 +32,8 @@ fn aos_module(name: &str) -> Option<Vec<u8>> {
 
 struct Aos {
     instance: Instance,
+    module: Module,
+    definition: Message,
     process: Id,
     owner: Address,
     slot: u64,
@@ -51,6 +54,8 @@ impl Aos {
         let instance = Instance::new(&module, process, &definition).expect("instantiates");
         let mut aos = Self {
             instance,
+            module,
+            definition: definition.clone(),
             process,
             owner: Address([7; 32]),
             slot: 0,
@@ -78,6 +83,13 @@ impl Aos {
     }
 }
 
+/// A fresh engine (small pool) over a temporary cache directory.
+fn engine(dir: &std::path::Path) -> Engine {
+    let mut config = EngineConfig::new(dir);
+    config.instances_max = 4;
+    Engine::new(config).unwrap()
+}
+
 fn output_data(outcome: &SlotOutcome) -> Json {
     let output: Json = serde_json::from_slice(&outcome.output).unwrap_or(Json::Null);
     output["data"].clone()
@@ -87,9 +99,7 @@ fn output_data(outcome: &SlotOutcome) -> Json {
 fn aos_eval_returns_two() {
     let Some(wasm) = aos_module(AOS) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(dir.path());
-    config.instances_max = 4;
-    let engine = Engine::new(config).unwrap();
+    let engine = engine(dir.path());
     let started = Instant::now();
     let (mut aos, first) = Aos::spawn(&engine, &wasm);
     eprintln!("load + compile + slot 0: {:?}", started.elapsed());
@@ -127,4 +137,58 @@ fn aos_eval_returns_two() {
         times[times.len() * 9 / 10],
         times[times.len() - 1]
     );
+}
+
+#[test]
+fn aos_send_error_and_restore() {
+    let Some(wasm) = aos_module(AOS) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let (mut aos, first) = Aos::spawn(&engine, &wasm);
+    assert_eq!(first.error, None);
+
+    let target = Id([9; 32]).to_string();
+    let sent = aos.eval(&format!(
+        "Send({{Target = '{target}', Action = 'Ping', Data = 'hello'}}); return 'ok'"
+    ));
+    assert_eq!(
+        sent.error,
+        None,
+        "{}",
+        String::from_utf8_lossy(&sent.output)
+    );
+    let ping = sent
+        .outbox
+        .iter()
+        .find(|m| m.text("target") == Some(target.as_str()))
+        .expect("an outbox message to the target");
+    assert_eq!(ping.text("action"), Some("Ping"));
+    assert_eq!(ping.text("data"), Some("hello"));
+
+    let failed = aos.eval("error('boom')");
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("boom"),
+        "error: {error:?}, output {}",
+        String::from_utf8_lossy(&failed.output)
+    );
+    assert!(failed.outbox.is_empty());
+
+    // State lives in linear memory: it survives a snapshot and restore into a fresh instance.
+    let set = aos.eval("Counter = 41; return Counter");
+    assert_eq!(output_data(&set), Json::from("41"));
+    let snapshot = Snapshot::decode(&aos.instance.snapshot().unwrap().encode()).unwrap();
+    let instance = Instance::restore(&aos.module, aos.process, &aos.definition, &snapshot).unwrap();
+    let mut restored = Aos {
+        instance,
+        module: aos.module.clone(),
+        definition: aos.definition.clone(),
+        process: aos.process,
+        owner: aos.owner,
+        slot: aos.slot,
+    };
+    let live = aos.eval("Counter = Counter + 1; return Counter");
+    let again = restored.eval("Counter = Counter + 1; return Counter");
+    assert_eq!(output_data(&live), Json::from("42"));
+    assert_eq!(live, again, "the restored process answers as the live one");
 }

@@ -1,8 +1,10 @@
 //! Execution: WebAssembly processes on pinned executor cores.
 //!
 //! ```text
-//! module bytes --Engine::load--> validate (wasmtime + native ABI rules)
-//!              --> Cranelift AOT --> <cache>/<module-id>-<compat>.cwasm --mmap--> Module
+//! module bytes --Engine::load--> shape: exports malloc? --no--> native: validate (native rules)
+//!                                       |yes--> ao-json: prepare (legacy_eh: try/catch -> try_table;
+//!                                               export private globals), validate (ao-json rules)
+//!              --> Cranelift AOT (the ABI's engine) --> <cache>/<module-id>-<compat>.cwasm --mmap--> Module
 //! Job { process, module, snapshot?, SlotInput } --Executors::submit--> core = hash(process) mod N
 //!     core: plan (process::plan) --> Instance::new | Instance::restore | live instance
 //!           --> Instance::run(slot) --> SlotOutcome (+ Snapshot every K slots) --> JobDone
@@ -12,6 +14,12 @@
 //!   deterministic relaxed SIMD, no threads) with a pooling allocator, plus the `.cwasm` cache.
 //! - The native ABI (`docs/abi.md`) is implemented in `abi`: host imports under `"ferrobeam"`,
 //!   exports `memory` and `handle`.
+//! - The ao-json ABI of AO/aos processes (`docs/abi.md`, chosen by `module-format`: [`Abi`]) is
+//!   implemented in `aojson` (JSON in and out of `malloc`/`handle`), `wasi` (deterministic WASI
+//!   and emscripten imports) and `legacy_eh` (legacy exception opcodes translated on load). Its
+//!   modules run on a second wasmtime engine with exceptions enabled.
+//! - Every slot has a wall-clock deadline (epoch interruption, [`EPOCH_TICK_MS`]) behind its
+//!   fuel: the one nondeterministic failure, reported as such ([`WALL_CLOCK_ERROR_PREFIX`]).
 //! - [`Instance`] is one process's live state: linear memory plus exported mutable globals.
 //!   [`Snapshot`] captures exactly that; restoring it and replaying the schedule gives identical
 //!   results.

@@ -1,6 +1,7 @@
 //! Real aos modules (opt-in): set `FERROBEAM_AOS_WASM_DIR` to a directory holding
-//! `aos-2-pure-xs.wasm` (HyperBEAM's `test/` directory ships it; never commit it). Without the
-//! variable every test here prints that it was skipped and passes.
+//! `aos-2-pure-xs.wasm` (HyperBEAM's `test/` directory ships it; never commit it), or
+//! `FERROBEAM_AOS_WASM` to the file itself. Without either, every test here prints that it was
+//! skipped and passes. The Eval test prints per-Eval latency (run with `--release` for figures).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,11 +17,19 @@ use sha2::{Digest, Sha256};
 const AOS: &str = "aos-2-pure-xs.wasm";
 
 fn aos_module(name: &str) -> Option<Vec<u8>> {
-    let Some(dir) = std::env::var_os("FERROBEAM_AOS_WASM_DIR") else {
-        eprintln!("skipped: FERROBEAM_AOS_WASM_DIR is not set (a directory with {name})");
-        return None;
+    let path = match (
+        std::env::var_os("FERROBEAM_AOS_WASM"),
+        std::env::var_os("FERROBEAM_AOS_WASM_DIR"),
+    ) {
+        (Some(file), _) => PathBuf::from(file),
+        (None, Some(dir)) => PathBuf::from(dir).join(name),
+        (None, None) => {
+            eprintln!(
+                "skipped: neither FERROBEAM_AOS_WASM_DIR (a directory with {name}) nor FERROBEAM_AOS_WASM is set"
+            );
+            return None;
+        }
     };
-    let path = PathBuf::from(dir).join(name);
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {

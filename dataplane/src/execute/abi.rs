@@ -56,6 +56,8 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) memory: Option<Memory>,
     pub(crate) slot: Option<SlotState>,
+    /// The ao-json ABI's slot context (its imports live in `wasi`).
+    pub(crate) ao: Option<super::wasi::AoSlot>,
 }
 
 impl HostState {
@@ -67,6 +69,7 @@ impl HostState {
             },
             memory: None,
             slot: None,
+            ao: None,
         }
     }
 }

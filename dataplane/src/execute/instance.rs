@@ -10,13 +10,17 @@
 
 use std::collections::BTreeMap;
 
+use sha2::{Digest, Sha256};
 use wasmtime::{ExternType, Global, Memory, Mutability, Store, Trap, TypedFunc, Val};
 
 use super::abi::{HostState, SlotState};
+use super::aojson::{self, Abi, CallError};
 use super::memory;
+use super::wasi::{self, AoSlot};
 use super::{
-    COMPUTE_LIMIT_DEFAULT, ExecError, GlobalValue, MEMORY_BYTES_MAX, MEMORY_LIMIT_DEFAULT, Module,
-    SlotInput, SlotOutcome, Snapshot,
+    AO_COMPUTE_LIMIT_DEFAULT, AO_MEMORY_LIMIT_DEFAULT, COMPUTE_LIMIT_DEFAULT, COMPUTE_LIMIT_MAX,
+    ExecError, GlobalValue, MEMORY_BYTES_MAX, MEMORY_LIMIT_DEFAULT, Module, SlotInput, SlotOutcome,
+    Snapshot,
 };
 use crate::message::{Id, Message, Value};
 
@@ -55,6 +59,31 @@ impl ProcessLimits {
             memory_bytes,
         })
     }
+
+    /// The limits for a process of `abi`. Native: as [`ProcessLimits::of`]. ao-json: AO's
+    /// defaults (`memory-limit` 1 GiB, `compute-limit` 9×10¹²) and AO's values are clamped, not
+    /// refused: memory to [`MEMORY_BYTES_MAX`] (the pool's per-instance reservation), compute
+    /// to [`COMPUTE_LIMIT_MAX`] fuel.
+    ///
+    /// # Errors
+    /// [`ExecError::ProcessInvalid`] for a malformed or non-positive value.
+    pub fn for_abi(process: &Message, abi: Abi) -> Result<Self, ExecError> {
+        if abi == Abi::Native {
+            return Self::of(process);
+        }
+        let fuel_per_slot = match process.get("compute-limit") {
+            None => AO_COMPUTE_LIMIT_DEFAULT,
+            Some(value) => positive(value, "compute-limit", false)?,
+        };
+        let memory_bytes = match process.get("memory-limit") {
+            None => AO_MEMORY_LIMIT_DEFAULT,
+            Some(value) => positive(value, "memory-limit", true)?,
+        };
+        Ok(Self {
+            fuel_per_slot: fuel_per_slot.min(COMPUTE_LIMIT_MAX),
+            memory_bytes: memory_bytes.min(MEMORY_BYTES_MAX),
+        })
+    }
 }
 
 fn positive(value: &Value, key: &str, units: bool) -> Result<u64, ExecError> {
@@ -89,13 +118,27 @@ fn positive(value: &Value, key: &str, units: bool) -> Result<u64, ExecError> {
 /// its schedule.
 pub struct Instance {
     store: Store<HostState>,
-    handle: TypedFunc<(), i32>,
+    entry: Entry,
     memory: Memory,
     /// Exported mutable globals by export name: with `memory`, the whole state.
     globals: BTreeMap<String, Global>,
     process: Id,
     limits: ProcessLimits,
     next_slot: u64,
+    /// Epoch ticks each slot may run.
+    epoch_ticks: u64,
+}
+
+/// How a slot is called.
+enum Entry {
+    /// `handle: () -> i32`.
+    Native(TypedFunc<(), i32>),
+    /// `malloc`/`handle` with JSON, plus what the env JSON needs.
+    Ao {
+        entry: aojson::Entry,
+        definition: Box<Message>,
+        module: Id,
+    },
 }
 
 impl std::fmt::Debug for Instance {
@@ -116,7 +159,9 @@ impl Instance {
     /// [`ExecError::ProcessInvalid`] for bad limits; [`ExecError::Instantiate`] when the pool is
     /// exhausted or the module's initial memory exceeds the `memory-limit`.
     pub fn new(module: &Module, process: Id, definition: &Message) -> Result<Self, ExecError> {
-        let limits = ProcessLimits::of(definition)?;
+        let abi = Abi::of(definition)?;
+        check_abi(abi, module.abi())?;
+        let limits = ProcessLimits::for_abi(definition, abi)?;
         // memory_bytes <= MEMORY_BYTES_MAX, which fits usize (asserted in execute).
         let mut store = Store::new(
             module.pre().module().engine(),
@@ -135,9 +180,18 @@ impl Instance {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| ExecError::Engine("validated module lacks memory".into()))?;
-        let handle = instance
-            .get_typed_func::<(), i32>(&mut store, "handle")
-            .map_err(|e| ExecError::Engine(format!("validated module's handle: {e}")))?;
+        let entry = match abi {
+            Abi::Native => Entry::Native(
+                instance
+                    .get_typed_func::<(), i32>(&mut store, "handle")
+                    .map_err(|e| ExecError::Engine(format!("validated module's handle: {e}")))?,
+            ),
+            Abi::AoJson { memory64 } => Entry::Ao {
+                entry: aojson::Entry::of(&instance, &mut store, memory64)?,
+                definition: Box::new(definition.clone()),
+                module: module.id(),
+            },
+        };
         store.data_mut().memory = Some(memory);
         let mut globals = BTreeMap::new();
         for export in module.pre().module().exports() {
@@ -150,12 +204,13 @@ impl Instance {
         }
         Ok(Self {
             store,
-            handle,
+            entry,
             memory,
             globals,
             process,
             limits,
             next_slot: 0,
+            epoch_ticks: module.epoch_ticks(),
         })
     }
 
@@ -240,15 +295,37 @@ impl Instance {
             });
         }
         let fuel = self.limits.fuel_per_slot;
-        let state = self.store.data_mut();
-        state.slot = Some(SlotState::new(input));
-        state.limiter.denied_bytes = None;
+        self.store.data_mut().limiter.denied_bytes = None;
         self.store
             .set_fuel(fuel)
             .map_err(|e| ExecError::Engine(e.to_string()))?;
-        let result = self.handle.call(&mut self.store, ());
+        self.store.set_epoch_deadline(self.epoch_ticks);
+        let mut outcome = match &self.entry {
+            Entry::Native(handle) => {
+                let handle = handle.clone();
+                self.run_native(&handle, input)
+            }
+            Entry::Ao {
+                entry,
+                definition,
+                module,
+            } => {
+                let message = aojson::message_json(input, *module);
+                let env = aojson::env_json(input, definition, *module);
+                let entry = entry.clone();
+                self.run_ao(&entry, input, &message, &env)
+            }
+        };
         // Fuel only decreases during the call; a read failure would mean fuel is off (a bug).
         let remaining = self.store.get_fuel().unwrap_or(0);
+        outcome.fuel_used = fuel.saturating_sub(remaining);
+        self.next_slot += 1;
+        Ok(outcome)
+    }
+
+    fn run_native(&mut self, handle: &TypedFunc<(), i32>, input: &SlotInput) -> SlotOutcome {
+        self.store.data_mut().slot = Some(SlotState::new(input));
+        let result = handle.call(&mut self.store, ());
         let state = self.store.data_mut();
         let slot = state.slot.take().expect("slot state set above");
         let error = match result {
@@ -263,20 +340,76 @@ impl Instance {
             ),
             Err(e) => Some(describe_trap(
                 &e,
-                &slot,
+                slot.violation.as_deref(),
                 state.limiter.denied_bytes,
                 &self.limits,
+                self.epoch_ticks,
             )),
         };
-        self.next_slot += 1;
         let failed = error.is_some();
-        Ok(SlotOutcome {
+        SlotOutcome {
             output: slot.output,
             outbox: if failed { Vec::new() } else { slot.outbox },
             spawns: Vec::new(),
             error,
-            fuel_used: fuel.saturating_sub(remaining),
-        })
+            fuel_used: 0,
+        }
+    }
+
+    /// One ao-json slot: message and env JSON in, response JSON out, mapped to the outcome.
+    fn run_ao(
+        &mut self,
+        entry: &aojson::Entry,
+        input: &SlotInput,
+        message: &[u8],
+        env: &[u8],
+    ) -> SlotOutcome {
+        let seed = Sha256::new()
+            .chain_update(b"ferrobeam-random-v1")
+            .chain_update(input.process.as_bytes())
+            .chain_update(input.slot.to_be_bytes())
+            .chain_update(input.message_id.as_bytes())
+            .finalize()
+            .into();
+        self.store.data_mut().ao = Some(AoSlot::new(input.timestamp_ms, seed));
+        let result = aojson::call(&mut self.store, self.memory, entry, message, env);
+        let state = self.store.data_mut();
+        let ao = state.ao.take().expect("ao slot state set above");
+        let error = match result {
+            Ok(text) => match aojson::response(&text) {
+                Ok(response) => {
+                    let failed = response.error.is_some();
+                    return SlotOutcome {
+                        output: response.output,
+                        outbox: if failed { Vec::new() } else { response.outbox },
+                        spawns: if failed { Vec::new() } else { response.spawns },
+                        error: response.error,
+                        fuel_used: 0,
+                    };
+                }
+                Err(e) => format!("ao-json: {e}"),
+            },
+            Err(CallError::Abi(e)) => format!("ao-json: {e}"),
+            Err(CallError::Trap(e)) => {
+                let mut text = describe_trap(
+                    &e,
+                    None,
+                    state.limiter.denied_bytes,
+                    &self.limits,
+                    self.epoch_ticks,
+                );
+                if !ao.stdio.is_empty() {
+                    let tail = &ao.stdio[ao.stdio.len().saturating_sub(wasi::STDIO_TAIL_BYTES)..];
+                    text.push_str("; stdout/stderr: ");
+                    text.push_str(&String::from_utf8_lossy(tail));
+                }
+                text
+            }
+        };
+        SlotOutcome {
+            error: Some(error),
+            ..SlotOutcome::default()
+        }
     }
 
     /// The state after the last slot run.
@@ -312,12 +445,13 @@ impl Instance {
 /// The slot error for a trapped call, in deterministic words (no addresses or backtraces).
 fn describe_trap(
     error: &wasmtime::Error,
-    slot: &SlotState,
+    violation: Option<&str>,
     denied_bytes: Option<usize>,
     limits: &ProcessLimits,
+    epoch_ticks: u64,
 ) -> String {
-    if let Some(violation) = &slot.violation {
-        return violation.clone();
+    if let Some(violation) = violation {
+        return violation.to_owned();
     }
     if let Some(bytes) = denied_bytes {
         return format!(
@@ -330,8 +464,47 @@ fn describe_trap(
             "compute-limit exceeded: all {} fuel consumed",
             limits.fuel_per_slot
         ),
+        // The one nondeterministic failure: another node may finish the slot in time.
+        Some(Trap::Interrupt) => format!(
+            "{WALL_CLOCK_ERROR_PREFIX} slot ran longer than {} ms",
+            epoch_ticks * super::EPOCH_TICK_MS
+        ),
         // Display reads "wasm trap: <what>", fixed text per trap code.
         Some(trap) => trap.to_string(),
-        None => format!("error: {error}"),
+        None => {
+            if let Some(exit) = error.downcast_ref::<wasi::ProcExit>() {
+                exit.to_string()
+            } else if error.downcast_ref::<wasi::Abort>().is_some()
+                || error.downcast_ref::<wasi::Longjmp>().is_some()
+            {
+                format!("error: {}", error.root_cause())
+            } else {
+                format!("error: {error}")
+            }
+        }
+    }
+}
+
+/// The start of a slot error caused by the wall-clock deadline (epoch interruption): the only
+/// slot error that is not deterministic. A node that records it says "this node gave up", not
+/// "the process failed"; `docs/abi.md` says how it is reported.
+pub const WALL_CLOCK_ERROR_PREFIX: &str = "wall-clock-limit exceeded (nondeterministic):";
+
+/// A process's `module-format` must name the ABI its module was built for.
+fn check_abi(process: Abi, module: Abi) -> Result<(), ExecError> {
+    match (process, module) {
+        (Abi::Native, Abi::Native) => Ok(()),
+        (Abi::AoJson { memory64: a }, Abi::AoJson { memory64: b }) if a == b => Ok(()),
+        (Abi::AoJson { memory64 }, Abi::AoJson { .. }) => Err(ExecError::ProcessInvalid(format!(
+            "module-format names a {} module, but the module's memory is {}",
+            if memory64 { "memory64" } else { "32-bit" },
+            if memory64 { "32-bit" } else { "64-bit" },
+        ))),
+        (Abi::Native, _) => Err(ExecError::ProcessInvalid(
+            "the module uses the ao-json ABI: the process needs a module-format tag".into(),
+        )),
+        (_, Abi::Native) => Err(ExecError::ProcessInvalid(
+            "module-format names the ao-json ABI, but the module uses the native ABI".into(),
+        )),
     }
 }

@@ -1,8 +1,10 @@
 //! Execution: WebAssembly processes on pinned executor cores.
 //!
 //! ```text
-//! module bytes --Engine::load--> validate (wasmtime + native ABI rules)
-//!              --> Cranelift AOT --> <cache>/<module-id>-<compat>.cwasm --mmap--> Module
+//! module bytes --Engine::load--> shape: exports malloc? --no--> native: validate (native rules)
+//!                                       |yes--> ao-json: prepare (legacy_eh: try/catch -> try_table;
+//!                                               export private globals), validate (ao-json rules)
+//!              --> Cranelift AOT (the ABI's engine) --> <cache>/<module-id>-<compat>.cwasm --mmap--> Module
 //! Job { process, module, snapshot?, SlotInput } --Executors::submit--> core = hash(process) mod N
 //!     core: plan (process::plan) --> Instance::new | Instance::restore | live instance
 //!           --> Instance::run(slot) --> SlotOutcome (+ Snapshot every K slots) --> JobDone
@@ -12,6 +14,12 @@
 //!   deterministic relaxed SIMD, no threads) with a pooling allocator, plus the `.cwasm` cache.
 //! - The native ABI (`docs/abi.md`) is implemented in `abi`: host imports under `"ferrobeam"`,
 //!   exports `memory` and `handle`.
+//! - The ao-json ABI of AO/aos processes (`docs/abi.md`, chosen by `module-format`: [`Abi`]) is
+//!   implemented in `aojson` (JSON in and out of `malloc`/`handle`), `wasi` (deterministic WASI
+//!   and emscripten imports) and `legacy_eh` (legacy exception opcodes translated on load). Its
+//!   modules run on a second wasmtime engine with exceptions enabled.
+//! - Every slot has a wall-clock deadline (epoch interruption, [`EPOCH_TICK_MS`]) behind its
+//!   fuel: the one nondeterministic failure, reported as such ([`WALL_CLOCK_ERROR_PREFIX`]).
 //! - [`Instance`] is one process's live state: linear memory plus exported mutable globals.
 //!   [`Snapshot`] captures exactly that; restoring it and replaying the schedule gives identical
 //!   results.
@@ -26,12 +34,15 @@
 //! `unsafe` lives only in `memory` (loading a `.cwasm` file, which wasmtime cannot validate).
 
 mod abi;
+mod aojson;
 mod engine;
 mod executor;
 mod instance;
+mod legacy_eh;
 mod memory;
 pub mod process;
 mod snapshot;
+mod wasi;
 
 #[cfg(test)]
 mod tests;
@@ -40,15 +51,21 @@ pub use abi::{
     ENV_KEYS, ERROR_BYTES_MAX, IMPORT_MODULE, OUTBOX_BYTES_MAX, OUTBOX_MESSAGES_MAX,
     OUTPUT_BYTES_MAX, SEND_TAGS_MAX,
 };
+pub use aojson::{
+    Abi, GLOBAL_EXPORT_PREFIX, MODULE_FORMAT_WASM32_PREFIX, MODULE_FORMAT_WASM64,
+    RESPONSE_BYTES_MAX, tag_key, tag_name,
+};
 pub use engine::{
-    ENGINE_INSTANCES_MAX, Engine, EngineConfig, MODULES_LOADED_MAX, Module, ModuleSource,
-    TABLE_ELEMENTS_MAX, WASM_STACK_BYTES_MAX,
+    ENGINE_INSTANCES_MAX, EPOCH_TICK_MS, Engine, EngineConfig, MODULES_LOADED_MAX, Module,
+    ModuleSource, SLOT_WALL_MS_DEFAULT, TABLE_ELEMENTS_MAX, WASM_STACK_BYTES_MAX,
 };
 pub use executor::{
     EXECUTOR_CORES_MAX, EXECUTOR_QUEUE_MAX, Executors, ExecutorsConfig, Job, JobDone, pin_plan,
 };
-pub use instance::{Instance, ProcessLimits};
+pub use instance::{Instance, ProcessLimits, WALL_CLOCK_ERROR_PREFIX};
+pub use legacy_eh::CONTROL_DEPTH_MAX;
 pub use snapshot::{GLOBALS_MAX, GlobalValue, SNAPSHOT_VERSION, Snapshot};
+pub use wasi::STDIO_BYTES_MAX;
 
 use crate::message::{Address, Id, Message};
 
@@ -60,10 +77,22 @@ pub const MEMORY_LIMIT_DEFAULT: u64 = 128 * 1024 * 1024;
 /// The largest `memory-limit` a process may ask for: 4 GiB, all a 32-bit memory can address, and
 /// the pooling allocator's per-memory reservation. A larger limit makes the process invalid.
 pub const MEMORY_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Fuel an ao-json slot gets without `compute-limit`: AO's default of 9×10¹², clamped to
+/// [`COMPUTE_LIMIT_MAX`].
+pub const AO_COMPUTE_LIMIT_DEFAULT: u64 = 9_000_000_000_000;
+/// Linear memory an ao-json process may use without `memory-limit`: AO's default, 1 GiB.
+pub const AO_MEMORY_LIMIT_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// The most fuel an ao-json slot gets, whatever its `compute-limit` says: 10¹¹, on the order
+/// of a minute of compute here. AO counts compute in its own units; this cap keeps a runaway
+/// message a deterministic `compute-limit exceeded` failure well before the wall-clock deadline
+/// would end it nondeterministically.
+pub const COMPUTE_LIMIT_MAX: u64 = 100_000_000_000;
 /// WebAssembly page size; memory sizes in snapshots are multiples of it.
 pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
 
 const _: () = assert!(MEMORY_LIMIT_DEFAULT <= MEMORY_BYTES_MAX);
+const _: () = assert!(AO_MEMORY_LIMIT_DEFAULT <= MEMORY_BYTES_MAX);
+const _: () = assert!(COMPUTE_LIMIT_DEFAULT <= COMPUTE_LIMIT_MAX);
 const _: () = assert!(MEMORY_BYTES_MAX.is_multiple_of(WASM_PAGE_BYTES));
 const _: () = assert!(MEMORY_BYTES_MAX <= usize::MAX as u64);
 

@@ -24,6 +24,48 @@ pub mod keys {
     pub const PUSH_INDEX: &str = "push-index";
     /// How many pushes led to it (1 for an outbox message of a directly sent message).
     pub const PUSH_DEPTH: &str = "push-depth";
+    /// Its index in that slot's spawns (on process messages the node spawns).
+    pub const SPAWN_INDEX: &str = "spawn-index";
+}
+
+/// Plans the processes one slot's spawns create. Each becomes a process message (`type:
+/// Process`) with the spawn's fields, the spawning process's `module` and `module-format`
+/// unless the spawn names its own module, and the push keys; the node signs and spawns it. Like pushes,
+/// the result is a pure function of its inputs, so a repeated spawn gets the same process id.
+/// Spawns deeper than [`PUSH_DEPTH_MAX`] are not made (`None` in their place).
+///
+/// # Errors
+/// A [`MessageError`] when the node's own fields do not fit the message limits.
+pub fn plan_spawns(
+    process: Id,
+    slot: u64,
+    depth: i64,
+    definition: &Message,
+    spawns: &[Message],
+) -> Result<Vec<Option<Message>>, MessageError> {
+    let mut planned = Vec::with_capacity(spawns.len());
+    for (index, spawn) in spawns.iter().enumerate() {
+        if depth + 1 > PUSH_DEPTH_MAX {
+            planned.push(None);
+            continue;
+        }
+        let mut message = spawn.unsigned();
+        message.set("type", crate::schedule::PROCESS_TYPE)?;
+        // A spawn that names no module runs its parent's, in the parent's format.
+        if message.get("module").is_none() {
+            for inherited in ["module", "module-format"] {
+                if let Some(value) = definition.get(inherited) {
+                    message.set(inherited, value.clone())?;
+                }
+            }
+        }
+        message.set(keys::FROM_PROCESS, process.to_string())?;
+        message.set(keys::FROM_SLOT, slot as i64)?;
+        message.set(keys::SPAWN_INDEX, index as i64)?;
+        message.set(keys::PUSH_DEPTH, depth + 1)?;
+        planned.push(Some(message));
+    }
+    Ok(planned)
 }
 
 /// What to do with one outbox message.
@@ -158,6 +200,40 @@ mod tests {
         // A user cannot claim to be a process.
         assert_eq!(sender(&pushed, user, &pushers), user);
         assert_eq!(sender(&Message::new(), node, &pushers), node);
+    }
+
+    #[test]
+    fn spawns_inherit_the_module_and_name_their_parent() {
+        let parent = Id([1; 32]);
+        let definition = Message::new()
+            .with("type", "Process")
+            .with("module", "parent-module")
+            .with("module-format", "wasm32-unknown-emscripten");
+        let spawns = [
+            Message::new().with("name", "child"),
+            Message::new().with("module", "own-module"),
+        ];
+        let planned = plan_spawns(parent, 4, 0, &definition, &spawns).unwrap();
+        let first = planned[0].as_ref().unwrap();
+        assert_eq!(first.text("type"), Some("Process"));
+        assert_eq!(first.text("module"), Some("parent-module"));
+        assert_eq!(
+            first.text("module-format"),
+            Some("wasm32-unknown-emscripten")
+        );
+        assert_eq!(
+            first.text(keys::FROM_PROCESS),
+            Some(parent.to_string().as_str())
+        );
+        assert_eq!(
+            planned[1].as_ref().unwrap().text("module"),
+            Some("own-module")
+        );
+        assert_eq!(
+            plan_spawns(parent, 4, 0, &definition, &spawns).unwrap(),
+            planned
+        );
+        assert!(plan_spawns(parent, 4, PUSH_DEPTH_MAX, &definition, &spawns).unwrap()[0].is_none());
     }
 
     #[test]

@@ -226,3 +226,61 @@ fn a_trusted_peer_carries_the_source_process_as_sender() {
         alice.address().to_string()
     );
 }
+
+/// An ao-json module (wasm32) whose every slot spawns a child running `MODULE_ID`.
+const SPAWNER: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 8192))
+  (data (i32.const 1024) "{\"ok\":true,\"response\":{\"Output\":\"spawned\",\"Spawns\":[{\"Tags\":[{\"name\":\"Module\",\"value\":\"MODULE_ID\"},{\"name\":\"Name\",\"value\":\"child\"}],\"Data\":\"\"}]}}\00")
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "handle") (param i32 i32) (result i32) (i32.const 1024)))"#;
+
+#[test]
+fn spawns_create_processes_owned_by_their_parent_exactly_once() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let alice = wallet(5);
+    // The child module: reports its owner.
+    let owner_wat = WHO.replace("\"from\"", "\"owner\"").replace(
+        "(i32.const 4) (i32.const 64)",
+        "(i32.const 5) (i32.const 64)",
+    );
+    let child_wasm = wat::parse_str(&owner_wat).unwrap();
+    let (status, uploaded) = post(&base, "/~wasm@1.0/module", "application/wasm", &child_wasm);
+    assert_eq!(status, 201, "{uploaded}");
+    let child_module = uploaded["module"].as_str().unwrap();
+    let parent = spawn_wat(
+        &base,
+        &alice,
+        &SPAWNER.replace("MODULE_ID", child_module),
+        &[("module-format", "wasm32-unknown-emscripten")],
+    );
+    let spawned = compute(&base, &parent, 0);
+    assert_eq!(spawned["output"], "spawned", "{spawned}");
+    let entry = &spawned["pushed"][0];
+    assert_eq!(entry["spawn"], 0, "{spawned}");
+    let child: Id = entry["process"].as_str().unwrap().parse().unwrap();
+    let (_, definition) = get(&base, &format!("/{child}/process")).unwrap();
+    assert_eq!(definition["type"], "Process");
+    assert_eq!(definition["module"], child_module);
+    assert_eq!(definition["from-process"], parent.to_string());
+    // The child is owned by its parent process, not by the node that signed its message.
+    assert_eq!(compute(&base, &child, 0)["output"], parent.to_string());
+    // Restart and recompute the parent's slot 0: the spawn is the same message, not a new child.
+    drop(node);
+    {
+        let store = ferrobeam::store::Store::open(&dir.path().join("store")).unwrap();
+        store.delete_result(&parent, 0).unwrap();
+        store.sync().unwrap();
+    }
+    let node = InProcessNode::start(config(dir.path()));
+    let again = compute(&node.url(), &parent, 0);
+    assert_eq!(again["pushed"][0]["process"], child.to_string());
+    let (_, info) = get(&node.url(), "/~meta@1.0/info").unwrap();
+    assert_eq!(info["processes"], 2, "{info}");
+}

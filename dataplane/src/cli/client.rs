@@ -140,6 +140,7 @@ pub fn audit(client: &Client, process: &Id, to_slot: Option<u64>) -> Result<Json
         .first()
         .map(|c| c.address())
         .context("the process message is unsigned")?;
+    let owner = ferrobeam::push::sender(definition, owner, &pushers);
     let mut instance = Instance::new(&module, *process, definition)?;
     for (slot, s) in slots.iter().enumerate() {
         let from = s

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender};
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 use super::pusher::Pusher;
 use super::{Computed, metrics::Metrics};
@@ -298,6 +298,8 @@ impl Dispatcher {
             .first()
             .map(|c| c.address())
             .ok_or("the process message is unsigned")?;
+        // A process spawned by another process is owned by it, not by the node that signed it.
+        let owner = push::sender(&definition, owner, &self.pushers);
         let module_id = super::process_module(&definition).map_err(|e| e.to_string())?;
         let wasm = self
             .store
@@ -348,7 +350,9 @@ impl Dispatcher {
             Ok(outcome) => {
                 let record = result_record(done.process, slot, message, hashpath, &outcome);
                 let bytes = serde_json::to_vec(&record).unwrap_or_default();
-                self.push(done.process, slot, depth, &outcome.outbox);
+                // Spawns name the spawning process's module: they need its definition.
+                let definition = (!outcome.spawns.is_empty()).then(|| state.definition.clone());
+                self.push(done.process, slot, depth, &outcome, definition.as_ref());
                 self.store_result(done.process, slot, &bytes);
                 if record["error"].is_string() {
                     self.metrics.slot_errors.inc();
@@ -378,15 +382,28 @@ impl Dispatcher {
 
     /// Pushes the outbox of a slot whose result is not stored yet (a stored result means its
     /// pushes were made before it), and records what became of each message.
-    fn push(&self, process: Id, slot: u64, depth: i64, outbox: &[Message]) {
-        if outbox.is_empty() || matches!(self.store.result(&process, slot), Ok(Some(_))) {
+    fn push(
+        &self,
+        process: Id,
+        slot: u64,
+        depth: i64,
+        outcome: &SlotOutcome,
+        definition: Option<&Message>,
+    ) {
+        let outbox = &outcome.outbox;
+        if (outbox.is_empty() && outcome.spawns.is_empty())
+            || matches!(self.store.result(&process, slot), Ok(Some(_)))
+        {
             return;
         }
         let Some(pusher) = self.pusher.get() else {
             tracing::error!(%process, slot, "outbox computed before the pusher was set");
             return;
         };
-        let record = pusher.push(process, slot, depth, outbox);
+        let mut record = pusher.push(process, slot, depth, outbox);
+        if let (Some(definition), Json::Array(entries)) = (definition, &mut record) {
+            entries.extend(pusher.spawn(process, slot, depth, definition, &outcome.spawns));
+        }
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
         if let Err(e) = self.store.put_pushes(&process, slot, &bytes) {
             tracing::error!(%process, slot, error = %e, "storing a push record");

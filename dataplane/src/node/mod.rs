@@ -301,12 +301,24 @@ impl Sequencer {
         process: Id,
         message: VerifiedMessage,
     ) -> Result<Ack, NodeError> {
+        self.submit_blocking(Request::Schedule { process, message })
+    }
+
+    /// [`Sequencer::spawn`] for threads outside the async runtime (spawns from computed slots).
+    ///
+    /// # Errors
+    /// As [`Sequencer::spawn`].
+    ///
+    /// # Panics
+    /// When called from inside an async runtime.
+    pub fn spawn_blocking(&self, message: VerifiedMessage) -> Result<Ack, NodeError> {
+        self.submit_blocking(Request::Spawn(message))
+    }
+
+    fn submit_blocking(&self, request: Request) -> Result<Ack, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .blocking_send(Queued {
-                request: Request::Schedule { process, message },
-                reply,
-            })
+            .blocking_send(Queued { request, reply })
             .map_err(|_| NodeError::Unavailable("sequencer stopped".into()))?;
         answer
             .blocking_recv()

@@ -78,6 +78,43 @@ impl Pusher {
         Json::Array(entries)
     }
 
+    /// Creates the processes a slot spawned; returns one record entry per spawn.
+    pub fn spawn(
+        &self,
+        process: Id,
+        slot: u64,
+        depth: i64,
+        definition: &Message,
+        spawns: &[Message],
+    ) -> Vec<Json> {
+        let planned = match push::plan_spawns(process, slot, depth, definition, spawns) {
+            Ok(planned) => planned,
+            Err(e) => return vec![json!({ "error": e.to_string() })],
+        };
+        planned
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let Some(message) = message else {
+                    return json!({ "spawn": index, "skipped": "push depth limit reached" });
+                };
+                let signed = self.wallet.sign(message, &mut rand::rngs::OsRng);
+                let id = signed.id();
+                let answer = match (VerifiedMessage::verify(signed), self.sequencer.upgrade()) {
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, None) => Err("the node is shutting down".to_owned()),
+                    (Ok(verified), Some(sequencer)) => sequencer
+                        .spawn_blocking(verified)
+                        .map_err(|e| e.to_string()),
+                };
+                match answer {
+                    Ok(ack) => json!({ "spawn": index, "process": ack.process, "slot": ack.slot }),
+                    Err(e) => json!({ "spawn": index, "id": id, "error": e }),
+                }
+            })
+            .collect()
+    }
+
     fn schedule(&self, target: Id, message: Message, local: bool) -> Json {
         // Ed25519 is deterministic: the same outbox message always gets the same id.
         let signed = self.wallet.sign(message, &mut rand::rngs::OsRng);

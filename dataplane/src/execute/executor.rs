@@ -303,7 +303,9 @@ impl Core {
             Ok(outcome) => outcome,
             Err(e) => return (Err(e), None),
         };
-        let due = live.progress.ran(input.slot);
+        let due = live
+            .progress
+            .ran(input.slot, live.instance.memory_bytes() as u64);
         let snapshot = due.then(|| live.instance.snapshot()).and_then(Result::ok);
         (Ok(outcome), snapshot)
     }

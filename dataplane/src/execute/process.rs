@@ -6,15 +6,26 @@
 
 use crate::message::Id;
 
-/// Default K: a snapshot is taken after every K-th slot (slots 0, K, 2K, ...). Recovery replays
-/// at most K - 1 slots after the newest snapshot; each snapshot copies the whole memory.
+/// Default K: a snapshot is taken after slot 0 and then every K slots at least. Recovery replays
+/// the slots after the newest snapshot; each snapshot copies the whole memory.
 pub const SNAPSHOT_INTERVAL_DEFAULT: u64 = 64;
+/// Snapshot write budget: slots between snapshots are at least `memory / this`, so a process's
+/// snapshots write at most this many bytes per slot on average, whatever its memory. A 64 KiB
+/// counter snapshots every K slots; a 16 MiB aos process every 256 (without the budget, K = 64
+/// made aos spend most of its time writing snapshots).
+pub const SNAPSHOT_BYTES_PER_SLOT: u64 = 64 * 1024;
+/// Most slots between snapshots, whatever the memory: bounds the replay after a restart.
+pub const SNAPSHOT_INTERVAL_MAX: u64 = 16_384;
+
+const _: () = assert!(SNAPSHOT_INTERVAL_DEFAULT <= SNAPSHOT_INTERVAL_MAX);
 
 /// The slot bookkeeping of one live process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     next_slot: u64,
     snapshot_interval: u64,
+    /// The slot after which the newest snapshot was taken (or restored from).
+    last_snapshot: Option<u64>,
 }
 
 impl Progress {
@@ -27,6 +38,7 @@ impl Progress {
         Self {
             next_slot: 0,
             snapshot_interval,
+            last_snapshot: None,
         }
     }
 
@@ -38,6 +50,7 @@ impl Progress {
         let next_slot = slot.checked_add(1).expect("a slot below u64::MAX");
         Self {
             next_slot,
+            last_snapshot: Some(slot),
             ..Self::new(snapshot_interval)
         }
     }
@@ -52,14 +65,27 @@ impl Progress {
         self.next_slot.checked_sub(1)
     }
 
-    /// Records that `slot` ran; returns true when a snapshot is due after it.
+    /// Records that `slot` ran with `memory_bytes` of linear memory; returns true when a
+    /// snapshot is due after it: after the first slot, then once at least
+    /// `max(K, memory / SNAPSHOT_BYTES_PER_SLOT)` slots (at most [`SNAPSHOT_INTERVAL_MAX`]) ran
+    /// since the last one.
     ///
     /// # Panics
     /// If `slot` is not [`Progress::next_slot`]: the driver checks order before running.
-    pub fn ran(&mut self, slot: u64) -> bool {
+    pub fn ran(&mut self, slot: u64, memory_bytes: u64) -> bool {
         assert_eq!(slot, self.next_slot, "slots run in order");
         self.next_slot = slot.checked_add(1).expect("a slot below u64::MAX");
-        slot.is_multiple_of(self.snapshot_interval)
+        let interval = self
+            .snapshot_interval
+            .max(memory_bytes / SNAPSHOT_BYTES_PER_SLOT)
+            .min(SNAPSHOT_INTERVAL_MAX);
+        let due = self
+            .last_snapshot
+            .is_none_or(|last| slot.saturating_sub(last) >= interval);
+        if due {
+            self.last_snapshot = Some(slot);
+        }
+        due
     }
 }
 
@@ -113,7 +139,7 @@ mod tests {
     fn progress_counts_slots_and_snapshots_every_k() {
         let mut progress = Progress::new(4);
         assert_eq!(progress.last_slot(), None);
-        let due: Vec<bool> = (0..9).map(|slot| progress.ran(slot)).collect();
+        let due: Vec<bool> = (0..9).map(|slot| progress.ran(slot, 65_536)).collect();
         assert_eq!(
             due,
             [true, false, false, false, true, false, false, false, true]
@@ -127,7 +153,20 @@ mod tests {
     #[test]
     #[should_panic(expected = "slots run in order")]
     fn progress_refuses_a_skipped_slot() {
-        Progress::new(4).ran(1);
+        Progress::new(4).ran(1, 0);
+    }
+
+    #[test]
+    fn big_memories_snapshot_less_often() {
+        let mut progress = Progress::new(4);
+        let memory = 16 * SNAPSHOT_BYTES_PER_SLOT;
+        let due: Vec<u64> = (0..40).filter(|slot| progress.ran(*slot, memory)).collect();
+        assert_eq!(due, [0, 16, 32]);
+        let mut huge = Progress::new(4);
+        let due: Vec<u64> = (0..=SNAPSHOT_INTERVAL_MAX)
+            .filter(|slot| huge.ran(*slot, u64::MAX))
+            .collect();
+        assert_eq!(due, [0, SNAPSHOT_INTERVAL_MAX]);
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub struct NodeConfig {
     pub body_bytes_max: usize,
     /// Executor threads (each pinned to a core); 0 means one per available core.
     pub exec_cores: usize,
-    /// A snapshot of each process is taken every this many slots.
+    /// K: a snapshot of each process is taken every K slots at least, and less often for large
+    /// memories (`execute::process::SNAPSHOT_BYTES_PER_SLOT` bounds the bytes written per slot).
     pub snapshot_interval: u64,
     /// Most messages in one group commit.
     pub commit_batch_max: usize,

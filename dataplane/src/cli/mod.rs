@@ -2,6 +2,7 @@
 //! Every client command takes `--json` and then prints exactly one JSON object.
 
 mod assets;
+mod bench;
 mod client;
 mod verify;
 
@@ -43,6 +44,8 @@ enum Command {
     Hw(HwArgs),
     /// Verify a node's attestation evidence (online with --node, offline with --evidence).
     Verify(verify::VerifyArgs),
+    /// Load a node's QUIC ingress: goodput, messages/s, ack latency, CPU per GB.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit(args),
         Command::Hw(args) => hw(args),
         Command::Verify(args) => verify::run(args),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

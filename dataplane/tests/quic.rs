@@ -228,6 +228,19 @@ fn a_process_spawns_over_quic() {
     assert_eq!(ack.id, spawn.id());
     assert_eq!(ack.slot, 0);
     assert_eq!(refused(&replies[1]), "UnknownModule");
+    // A message larger than a stream keeps buffered between frames reserves the large-frame
+    // budget on its way in, and is acked like any other.
+    let big = alice.sign(
+        Message::new()
+            .with("target", ack.process.to_string())
+            .with("data", vec![b'z'; 300 * 1024]),
+        &mut rand::rngs::OsRng,
+    );
+    let replies = rt.block_on(async {
+        let client = QuicClient::connect(node.quic, node.address).await.unwrap();
+        exchange(&client, &message_frame(&big)).await.unwrap()
+    });
+    assert_eq!(self::ack(&replies[0]).slot, 1);
     let (status, slot) = get(&node.http, &format!("/{}/slot", ack.process)).unwrap();
     assert_eq!(status, 200, "{slot}");
 }

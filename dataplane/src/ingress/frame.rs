@@ -295,6 +295,8 @@ pub struct FrameReader {
     buffer: AlignedVec<FRAME_ALIGN>,
     state: State,
     accepts: fn(Kind) -> bool,
+    /// Frames whose header was accepted so far (names the frame [`FrameReader::pending`] is in).
+    started: u64,
 }
 
 impl FrameReader {
@@ -313,6 +315,7 @@ impl FrameReader {
             buffer: AlignedVec::new(),
             state: State::Header { filled: 0 },
             accepts,
+            started: 0,
         }
     }
 
@@ -321,11 +324,14 @@ impl FrameReader {
         self.state == State::Header { filled: 0 }
     }
 
-    /// The header of the frame being received, once its header is complete.
-    pub fn pending(&self) -> Option<Header> {
+    /// The number and header of the frame being received, once its header is complete
+    /// (numbers count frames from 1, so a caller can tell two frames of equal size apart).
+    pub fn pending(&self) -> Option<(u64, Header)> {
         match self.state {
             State::Header { .. } => None,
-            State::Payload { header, .. } | State::Bulk { header, .. } => Some(header),
+            State::Payload { header, .. } | State::Bulk { header, .. } => {
+                Some((self.started, header))
+            }
         }
     }
 
@@ -426,6 +432,7 @@ impl FrameReader {
             return Err(FrameError::Unexpected(header.kind));
         }
         self.buffer.clear();
+        self.started += 1;
         self.state = if header.kind == Kind::Bulk {
             State::Bulk {
                 header,
@@ -619,6 +626,26 @@ mod tests {
             FrameReader::client().decode(&message).unwrap_err(),
             FrameError::Unexpected(Kind::Message)
         );
+    }
+
+    #[test]
+    fn pending_names_the_frame_in_progress() {
+        let bytes = [
+            encode(Kind::Message, &[1; 40]),
+            encode(Kind::Message, &[2; 40]),
+        ]
+        .concat();
+        let mut reader = FrameReader::node();
+        assert_eq!(reader.pending(), None);
+        reader.decode(&bytes[..20]).unwrap();
+        let (first, header) = reader.pending().unwrap();
+        assert_eq!(header.len, 40);
+        let (used, _) = reader.decode(&bytes[20..64]).unwrap();
+        assert_eq!(used, 44);
+        assert_eq!(reader.pending(), None);
+        reader.decode(&bytes[64..90]).unwrap();
+        let (second, header) = reader.pending().unwrap();
+        assert_eq!((second, header.len), (first + 1, 40));
     }
 
     #[test]

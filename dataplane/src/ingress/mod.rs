@@ -65,10 +65,18 @@ pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// QUIC send window of one connection (acks are small; bulk replies are 32 bytes).
 pub const SEND_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes all streams together may hold in partly received large message frames (over
+/// `frame::BUFFER_KEPT_BYTES`). A stream reserves its frame's whole padded length from this
+/// budget when the header arrives and stops reading while it cannot (backpressure); the frame's
+/// end, or the stream's end or idle timeout, gives it back. Small frames need no reservation:
+/// their buffer is one `BUFFER_KEPT_BYTES` per stream at most.
+pub const LARGE_FRAME_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
 const _: () = assert!(READ_CHUNK_BYTES_MAX <= STREAM_RECEIVE_WINDOW_BYTES as usize);
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= CONNECTION_RECEIVE_WINDOW_BYTES);
 const _: () = assert!(VERIFY_BATCH_MAX <= FRAMES_IN_FLIGHT_PER_STREAM_MAX);
+const _: () = assert!(frame::FRAME_BYTES_MAX <= LARGE_FRAME_BUDGET_BYTES);
+const _: () = assert!(LARGE_FRAME_BUDGET_BYTES <= u32::MAX as usize);
 
 /// Application error codes on QUIC streams and connections.
 pub mod code {
@@ -168,6 +176,7 @@ pub fn start(
         metrics: shared.ingress.clone(),
         shared,
         idle_timeout: settings.idle_timeout,
+        large_frames: Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES)),
     });
     match ingest.shared.config.transport {
         TransportKind::Tokio => Ok(Box::new(tokio::TokioTransport::start(
@@ -314,6 +323,10 @@ pub fn decode_ack(payload: &[u8]) -> Result<Ack, FrameError> {
     })
 }
 
+/// A stream's reservation from the large-frame budget: the frame it is for and the permit.
+#[derive(Debug, Default)]
+pub struct LargeFrame(Option<(u64, ::tokio::sync::OwnedSemaphorePermit)>);
+
 /// One frame's place in a stream's reply queue.
 #[derive(Debug)]
 pub enum Outcome {
@@ -347,6 +360,8 @@ pub struct Ingest {
     pub metrics: Arc<IngressMetrics>,
     /// Idle timeout of streams stuck inside a frame.
     pub idle_timeout: Duration,
+    /// The [`LARGE_FRAME_BUDGET_BYTES`] budget, in bytes.
+    pub large_frames: Arc<::tokio::sync::Semaphore>,
 }
 
 impl Ingest {
@@ -441,6 +456,34 @@ impl Ingest {
         })?;
         let process: Id = target.parse().map_err(NodeError::Message)?;
         Ok(Route::Schedule(process))
+    }
+
+    /// Reserves the budget of a large message frame whose header `reader` has just read, if it
+    /// needs one and does not hold it yet; waits while the budget is spent (backpressure).
+    pub async fn reserve_large_frame(&self, reader: &frame::FrameReader, held: &mut LargeFrame) {
+        let wanted = match reader.pending() {
+            Some((index, header))
+                if header.kind == Kind::Message && header.len > frame::BUFFER_KEPT_BYTES =>
+            {
+                Some((index, frame::pad16(header.len)))
+            }
+            _ => None,
+        };
+        if held.0.as_ref().map(|(index, _)| *index) == wanted.map(|(index, _)| index) {
+            return;
+        }
+        held.0 = None; // The frame it was for is complete.
+        if let Some((index, bytes)) = wanted {
+            // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
+            if let Ok(permit) = self
+                .large_frames
+                .clone()
+                .acquire_many_owned(bytes as u32)
+                .await
+            {
+                held.0 = Some((index, permit));
+            }
+        }
     }
 
     /// The reply to a durable (or failed) request, counted.

@@ -20,8 +20,8 @@ use quinn::{AsyncUdpSocket, UdpPoller, VarInt};
 use super::frame::{Event, FrameError, FrameReader, Kind};
 use super::{
     CONNECTION_RECEIVE_WINDOW_BYTES, CONNECTIONS_MAX, FRAMES_IN_FLIGHT_PER_STREAM_MAX, Ingest,
-    IngressError, IngressMetrics, Item, Outcome, READ_CHUNK_BYTES_MAX, ReasonLabel, Reply,
-    SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES, STREAMS_PER_CONNECTION_MAX, Settings,
+    IngressError, IngressMetrics, Item, LargeFrame, Outcome, READ_CHUNK_BYTES_MAX, ReasonLabel,
+    Reply, SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES, STREAMS_PER_CONNECTION_MAX, Settings,
     Transport, TransportKind, VERIFY_BATCH_MAX, code,
 };
 
@@ -162,7 +162,7 @@ impl Drop for OpenConnection {
 async fn accept_loop(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
     // Ends when the endpoint is closed (node shutdown).
     while let Some(incoming) = endpoint.accept().await {
-        if endpoint.open_connections() > CONNECTIONS_MAX {
+        if endpoint.open_connections() >= CONNECTIONS_MAX {
             refused(&ingest.metrics, "connections-max");
             incoming.refuse();
             continue;
@@ -225,6 +225,7 @@ async fn serve_stream(
     let mut pending: VecDeque<Outcome> = VecDeque::new();
     let mut out = Vec::new();
     let mut bulk = 0u64;
+    let mut large = LargeFrame::default();
     let mut read_side = ReadSide::Open;
     // Each pass either reads a chunk, completes an ack, or ends the stream.
     loop {
@@ -274,6 +275,7 @@ async fn serve_stream(
                             }
                         };
                         ingest.admit(items, &mut pending).await;
+                        ingest.reserve_large_frame(&reader, &mut large).await;
                     }
                     Ok(Ok(None)) => {
                         read_side = ReadSide::Done;

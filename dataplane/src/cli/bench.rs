@@ -445,6 +445,7 @@ fn report(
         "refused": totals.refused.load(Ordering::Relaxed),
         "goodput-gbps": gbits,
         "frames-per-second": replies as f64 / elapsed,
+        "messages-per-second": (args.mode == Mode::Messages).then(|| replies as f64 / elapsed),
         "ack-latency-ms": {
             "p50": latency(50.0), "p90": latency(90.0), "p99": latency(99.0), "p99.9": latency(99.9),
         },

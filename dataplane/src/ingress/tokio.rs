@@ -215,80 +215,124 @@ enum ReadSide {
     Done,
 }
 
+/// The read side of one stream: the frame parser and the replies owed, in frame order.
+struct StreamState {
+    reader: FrameReader,
+    pending: VecDeque<Outcome>,
+    /// Bytes of the bulk frame being received.
+    bulk: u64,
+    large: LargeFrame,
+    read_side: ReadSide,
+}
+
+/// What the stream task does after a read.
+enum Flow {
+    Continue,
+    /// Reset the stream with this code and end the task.
+    Reset(u32),
+    /// The peer reset the stream or the connection is gone: end the task.
+    Lost,
+}
+
 /// Serves one stream: frames in, replies out in the same order.
 async fn serve_stream(
     ingest: Arc<Ingest>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let mut reader = FrameReader::node();
-    let mut pending: VecDeque<Outcome> = VecDeque::new();
+    let mut stream = StreamState {
+        reader: FrameReader::node(),
+        pending: VecDeque::new(),
+        bulk: 0,
+        large: LargeFrame::default(),
+        read_side: ReadSide::Open,
+    };
     let mut out = Vec::new();
-    let mut bulk = 0u64;
-    let mut large = LargeFrame::default();
-    let mut read_side = ReadSide::Open;
-    // Each pass either reads a chunk, completes an ack, or ends the stream.
+    // Each pass reads a chunk, completes an ack, or ends the stream.
     loop {
-        take_ready(&ingest, &mut pending, &mut out);
+        take_ready(&ingest, &mut stream.pending, &mut out);
         if !out.is_empty() {
             if send.write_all(&out).await.is_err() {
                 return; // The peer stopped reading or the connection is gone.
             }
             out.clear();
         }
-        if read_side == ReadSide::Done && pending.is_empty() {
+        if stream.read_side == ReadSide::Done && stream.pending.is_empty() {
             let _ = send.finish();
             return;
         }
-        let can_read =
-            read_side == ReadSide::Open && pending.len() < FRAMES_IN_FLIGHT_PER_STREAM_MAX;
-        let front_pending = matches!(pending.front(), Some(Outcome::Pending(_)));
+        let can_read = stream.read_side == ReadSide::Open
+            && stream.pending.len() < FRAMES_IN_FLIGHT_PER_STREAM_MAX;
+        let front_pending = matches!(stream.pending.front(), Some(Outcome::Pending(_)));
         tokio::select! {
             biased;
-            answer = front(&mut pending), if front_pending => {
-                pending[0] = Outcome::Ready(ingest.answered(answer));
+            answer = front(&mut stream.pending), if front_pending => {
+                stream.pending[0] = Outcome::Ready(ingest.answered(answer));
             }
             read = tokio::time::timeout(
                 ingest.idle_timeout,
                 recv.read_chunk(READ_CHUNK_BYTES_MAX, true),
             ), if can_read => {
-                match read {
-                    Err(_elapsed) => {
-                        // Idle while the node owes nothing: a stream left open (or stuck
-                        // inside a frame) holds node memory; close it.
-                        if pending.is_empty() {
-                            ingest.metrics.stream_closed("idle-timeout");
-                            let _ = recv.stop(VarInt::from_u32(code::IDLE_TIMEOUT));
-                            let _ = send.reset(VarInt::from_u32(code::IDLE_TIMEOUT));
-                            return;
-                        }
+                let read = read.map_err(|_elapsed| ());
+                match stream.on_read(&ingest, &mut recv, read).await {
+                    Flow::Continue => {}
+                    Flow::Reset(code) => {
+                        let _ = send.reset(VarInt::from_u32(code));
+                        return;
                     }
-                    Ok(Ok(Some(chunk))) => {
-                        let items = match decode_chunk(&ingest, &mut reader, &chunk.bytes, &mut bulk) {
-                            Ok(items) => items,
-                            Err((items, e)) => {
-                                close_invalid(&ingest, &mut recv, &e);
-                                read_side = ReadSide::Done;
-                                ingest.admit(items, &mut pending).await;
-                                pending.push_back(Outcome::Ready(Reply::Refused((&e).into())));
-                                continue;
-                            }
-                        };
-                        ingest.admit(items, &mut pending).await;
-                        ingest.reserve_large_frame(&reader, &mut large).await;
-                    }
-                    Ok(Ok(None)) => {
-                        read_side = ReadSide::Done;
-                        if !reader.at_boundary() {
-                            let e = FrameError::Truncated;
-                            ingest.metrics.frame_invalid(&e);
-                            pending.push_back(Outcome::Ready(Reply::Refused((&e).into())));
-                        }
-                    }
-                    Ok(Err(_)) => return, // Reset by the peer or connection lost.
+                    Flow::Lost => return,
                 }
             }
         }
+    }
+}
+
+impl StreamState {
+    /// Handles one read: a chunk, the end of the stream, an error, or the idle timeout (`Err`).
+    async fn on_read(
+        &mut self,
+        ingest: &Ingest,
+        recv: &mut quinn::RecvStream,
+        read: Result<Result<Option<quinn::Chunk>, quinn::ReadError>, ()>,
+    ) -> Flow {
+        match read {
+            // Idle while the node owes nothing: a stream left open (or stuck inside a frame)
+            // holds node memory; close it. While acks are owed, the client is waiting too.
+            Err(()) if self.pending.is_empty() => {
+                ingest.metrics.stream_closed("idle-timeout");
+                let _ = recv.stop(VarInt::from_u32(code::IDLE_TIMEOUT));
+                return Flow::Reset(code::IDLE_TIMEOUT);
+            }
+            Err(()) => {}
+            Ok(Ok(Some(chunk))) => {
+                match decode_chunk(ingest, &mut self.reader, &chunk.bytes, &mut self.bulk) {
+                    Ok(items) => {
+                        ingest.admit(items, &mut self.pending).await;
+                        ingest
+                            .reserve_large_frame(&self.reader, &mut self.large)
+                            .await;
+                    }
+                    Err((items, e)) => {
+                        close_invalid(ingest, recv, &e);
+                        self.read_side = ReadSide::Done;
+                        ingest.admit(items, &mut self.pending).await;
+                        self.pending
+                            .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+                    }
+                }
+            }
+            Ok(Ok(None)) => {
+                self.read_side = ReadSide::Done;
+                if !self.reader.at_boundary() {
+                    let e = FrameError::Truncated;
+                    ingest.metrics.frame_invalid(&e);
+                    self.pending
+                        .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+                }
+            }
+            Ok(Err(_)) => return Flow::Lost,
+        }
+        Flow::Continue
     }
 }
 

@@ -410,7 +410,8 @@ fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
     if sorted.is_empty() {
         return None;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // Nearest rank; the epsilon keeps 99.9% of 1000 at rank 999 despite float rounding.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 

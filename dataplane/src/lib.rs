@@ -21,6 +21,8 @@
 // Modules in the order a message meets them (each comment keeps rustfmt from sorting them).
 // Model, ids, commitments, JSON and rkyv forms, hashpaths.
 pub mod message;
+// QUIC ingress: framing, TLS identity, backends (quinn on tokio).
+pub mod ingress;
 // Slots, hash chains, assignments (sans-IO).
 pub mod schedule;
 // Durable state: fjall, group commit.

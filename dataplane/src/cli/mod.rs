@@ -2,6 +2,7 @@
 //! Every client command takes `--json` and then prints exactly one JSON object.
 
 mod assets;
+mod bench;
 mod client;
 mod verify;
 
@@ -43,6 +44,8 @@ enum Command {
     Hw(HwArgs),
     /// Verify a node's attestation evidence (online with --node, offline with --evidence).
     Verify(verify::VerifyArgs),
+    /// Load a node's QUIC ingress: goodput, messages/s, ack latency, CPU per GB.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +81,15 @@ struct NodeArgs {
     /// TPM TCTI: device:/dev/tpmrm0 (default) or swtpm:host=127.0.0.1,port=P.
     #[arg(long, env = "FERROBEAM_TPM_TCTI")]
     tpm_tcti: Option<String>,
+    /// QUIC ingress listen address (UDP), e.g. 127.0.0.1:8735 (docs/dataplane.md).
+    #[arg(long, env = "FERROBEAM_QUIC")]
+    quic: Option<std::net::SocketAddr>,
+    /// QUIC backend: tokio.
+    #[arg(long, env = "FERROBEAM_TRANSPORT")]
+    transport: Option<ferrobeam::ingress::TransportKind>,
+    /// Ingress threads (0: half the cores).
+    #[arg(long, env = "FERROBEAM_INGRESS_CORES")]
+    ingress_cores: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit(args),
         Command::Hw(args) => hw(args),
         Command::Verify(args) => verify::run(args),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -222,11 +235,23 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     if let Some(tcti) = args.tpm_tcti {
         config.tpm_tcti = tcti;
     }
+    if args.quic.is_some() {
+        config.quic = args.quic;
+    }
+    if let Some(transport) = args.transport {
+        config.transport = transport;
+    }
+    if let Some(cores) = args.ingress_cores {
+        config.ingress_cores = cores;
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let node = Node::start(config).await?;
         let addr = node.local_addr()?;
         tracing::info!(%addr, address = %node.address(), "ferrobeam node serving");
+        if let Some(quic) = node.quic_addr() {
+            tracing::info!(%quic, "QUIC ingress listening");
+        }
         node.serve(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -54,6 +54,14 @@ pub struct NodeConfig {
     /// How to reach the TPM when attestation uses one: `device:/dev/tpmrm0`, or
     /// `swtpm:host=127.0.0.1,port=P` for a software TPM.
     pub tpm_tcti: String,
+    /// QUIC ingress listen address (UDP), e.g. `127.0.0.1:8735`; none: no QUIC ingress.
+    pub quic: Option<SocketAddr>,
+    /// Which QUIC backend serves `quic` (docs/dataplane.md).
+    pub transport: crate::ingress::TransportKind,
+    /// Ingress threads (one QUIC endpoint each, sharing the port); 0: half the cores, at least 1.
+    pub ingress_cores: usize,
+    /// A QUIC connection, or a stream inside a frame, silent this long is closed (ms).
+    pub quic_idle_timeout_ms: u64,
 }
 
 /// One entry of the route table.
@@ -83,6 +91,10 @@ impl Default for NodeConfig {
             operators: Vec::new(),
             attestation: super::attest::AttestationMode::default(),
             tpm_tcti: super::attest::TPM_TCTI_DEFAULT.to_owned(),
+            quic: None,
+            transport: crate::ingress::TransportKind::default(),
+            ingress_cores: 0,
+            quic_idle_timeout_ms: crate::ingress::IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -154,7 +166,27 @@ impl NodeConfig {
                 "operators: at most {OPERATORS_MAX} addresses"
             )));
         }
+        if self.ingress_cores > crate::ingress::INGRESS_CORES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "ingress-cores must be 0..={}",
+                crate::ingress::INGRESS_CORES_MAX
+            )));
+        }
+        if !(100..=3_600_000).contains(&self.quic_idle_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "quic-idle-timeout-ms must be 100..=3600000".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Ingress threads to start.
+    pub fn ingress_threads(&self) -> usize {
+        if self.ingress_cores > 0 {
+            self.ingress_cores
+        } else {
+            (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1)
+        }
     }
 
     /// Executor threads to start.

@@ -325,15 +325,72 @@ impl Sequencer {
             .map_err(|_| NodeError::Unavailable("sequencer dropped the request".into()))?
     }
 
-    async fn submit(&self, request: Request) -> Result<Ack, NodeError> {
+    /// Queues a spawn and returns once it is queued: requests are handled in queue order, so a
+    /// caller that pipelines (a QUIC stream) keeps its order. Await the [`PendingAck`].
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] when the sequencer stopped.
+    pub async fn enqueue_spawn(&self, message: VerifiedMessage) -> Result<PendingAck, NodeError> {
+        self.enqueue(Request::Spawn(message)).await
+    }
+
+    /// Queues a message for `process`; see [`Sequencer::enqueue_spawn`].
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] when the sequencer stopped.
+    pub async fn enqueue_schedule(
+        &self,
+        process: Id,
+        message: VerifiedMessage,
+    ) -> Result<PendingAck, NodeError> {
+        self.enqueue(Request::Schedule { process, message }).await
+    }
+
+    async fn enqueue(&self, request: Request) -> Result<PendingAck, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Queued { request, reply })
             .await
             .map_err(|_| NodeError::Unavailable("sequencer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| NodeError::Unavailable("sequencer dropped the request".into()))?
+        Ok(PendingAck(answer))
+    }
+
+    async fn submit(&self, request: Request) -> Result<Ack, NodeError> {
+        self.enqueue(request).await?.await
+    }
+}
+
+/// The answer to a queued request: a future of its [`Ack`] (ready once durable).
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<Result<Ack, NodeError>>);
+
+impl PendingAck {
+    /// The answer if it has arrived, without waiting.
+    pub fn try_now(&mut self) -> Option<Result<Ack, NodeError>> {
+        match self.0.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(NodeError::Unavailable(
+                "sequencer dropped the request".into(),
+            ))),
+        }
+    }
+}
+
+impl std::future::Future for PendingAck {
+    type Output = Result<Ack, NodeError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| {
+            answer.unwrap_or_else(|_| {
+                Err(NodeError::Unavailable(
+                    "sequencer dropped the request".into(),
+                ))
+            })
+        })
     }
 }
 
@@ -590,6 +647,8 @@ pub struct Shared {
     pub assets: assets::Assets,
     /// The attestation evidence provider (`/~attest@1.0/report`).
     pub attestation: Arc<attest::Attestation>,
+    /// QUIC ingress counters (zero when the node has no QUIC ingress).
+    pub ingress: Arc<crate::ingress::IngressMetrics>,
 }
 
 impl Shared {
@@ -619,6 +678,7 @@ impl Shared {
         }
         text.push_str(&self.inventory.prometheus());
         text.push_str(&self.assets.prometheus());
+        text.push_str(&self.ingress.render());
         text.push_str("# EOF\n");
         text
     }
@@ -686,6 +746,9 @@ pub enum StartError {
     /// The node could not start a component.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The QUIC ingress could not start.
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
     /// The HTTP address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -711,6 +774,8 @@ pub struct Node {
     /// The sequencer and compute threads, joined at shutdown (sequencer first: its end stops
     /// the compute driver), so the store is closed when `serve` returns.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The QUIC ingress, when configured; shut down before the threads are joined.
+    ingress: Option<Box<dyn crate::ingress::Transport>>,
 }
 
 impl Node {
@@ -827,11 +892,27 @@ impl Node {
             inventory,
             assets,
             attestation,
+            ingress: Arc::new(crate::ingress::IngressMetrics::new()),
         });
+        let ingress = match shared.config.quic {
+            Some(listen) => Some(crate::ingress::start(
+                shared.clone(),
+                &wallet,
+                crate::ingress::Settings {
+                    listen,
+                    threads: shared.config.ingress_threads(),
+                    idle_timeout: std::time::Duration::from_millis(
+                        shared.config.quic_idle_timeout_ms,
+                    ),
+                },
+            )?),
+            None => None,
+        };
         Ok(Self {
             shared,
             listener,
             threads: vec![sequencer_thread, compute_thread],
+            ingress,
         })
     }
 
@@ -841,6 +922,11 @@ impl Node {
     /// I/O errors from the socket.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound QUIC ingress address, when the node has one.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.ingress.as_ref().map(|t| t.local_addr())
     }
 
     /// The node's address.
@@ -862,9 +948,14 @@ impl Node {
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        // The router (and with it the last Sequencer handle) is gone: the threads wind down.
+        // The router (and with it the last Sequencer handle) is gone: the threads wind down
+        // once the ingress, which holds the other handles, is shut down.
         let threads = self.threads;
+        let ingress = self.ingress;
         let joined = tokio::task::spawn_blocking(move || {
+            if let Some(ingress) = ingress {
+                ingress.shutdown();
+            }
             for thread in threads {
                 if thread.join().is_err() {
                     tracing::error!("a node thread panicked");

@@ -3,7 +3,9 @@
 //! Both cases include what verification really costs on the node: the unsigned id (canonical
 //! encoding + SHA-256 of the 1 KiB message), the key decompression and the signature check.
 //! `single` is `VerifiedMessage::verify`, what the HTTP handler calls today; `batch-64` is
-//! `verify_batch` over 64 messages from four signers. Throughput is per message in both.
+//! `verify_batch` over 64 messages from four signers (strict, one by one: ed25519-dalek's batch
+//! equation is not `verify_strict`-equivalent, see `message::verify_batch`). Throughput is per
+//! message in both.
 
 mod common;
 

@@ -250,41 +250,16 @@ impl VerifiedMessage {
     }
 }
 
-/// Verifies many messages, Ed25519 commitments in one batch (falling back to one by one to find
-/// the culprits when the batch fails). Results are in input order.
+/// Verifies many messages; results are in input order.
+///
+/// Each commitment is verified on its own, with the same strict rule as
+/// [`VerifiedMessage::verify`]. ed25519-dalek's batch equation is cofactorless with random
+/// coefficients, so a crafted signature whose `R` has a torsion component can pass a batch that
+/// the strict single check rejects — then a node would schedule a message that every auditor's
+/// `verify_strict` refuses. Batching comes back once acceptance is batch-equivalent (e.g. a
+/// cofactored rule such as ZIP-215 for single and batch alike, a protocol change).
 pub fn verify_batch(messages: Vec<Message>) -> Vec<Result<VerifiedMessage, MessageError>> {
-    // Batch only the simple, common case: exactly one Ed25519 commitment with a sound key.
-    let mut payloads = Vec::new();
-    let mut signatures = Vec::new();
-    let mut keys = Vec::new();
-    let mut batchable = vec![false; messages.len()];
-    for (i, message) in messages.iter().enumerate() {
-        if let [c] = message.commitments()
-            && c.scheme() == Scheme::Ed25519
-            && let Ok(key) = ed25519_key(c.public_key())
-            && let Ok(signature) = ed25519_dalek::Signature::from_slice(c.signature())
-        {
-            payloads.push(signed_payload(&message.unsigned_id()));
-            signatures.push(signature);
-            keys.push(key);
-            batchable[i] = true;
-        }
-    }
-    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    let batch_ok = keys.len() > 1 && ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
-    messages
-        .into_iter()
-        .zip(batchable)
-        .map(|(message, batched)| {
-            if batch_ok && batched {
-                let from = message.commitments()[0].address();
-                let id = message.id();
-                Ok(VerifiedMessage { message, id, from })
-            } else {
-                VerifiedMessage::verify(message)
-            }
-        })
-        .collect()
+    messages.into_iter().map(VerifiedMessage::verify).collect()
 }
 
 /// A signing key with its scheme: the node key, or a user's wallet (a JWK file).

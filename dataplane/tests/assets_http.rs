@@ -451,6 +451,14 @@ fn privacy_levels_decide_what_unauthenticated_callers_see() {
     let (status, list) = read(&base, LIST, Some(auth(&node_key, LIST, now_ms())));
     assert_eq!(status, 200, "{list}");
     assert!(has_identities(&list));
+    // /metrics names hardware: an operator only, here.
+    assert_error(read(&base, "/metrics", None), 403, "Forbidden");
+    let (status, _) = read(
+        &base,
+        "/metrics",
+        Some(auth(&node_key, "/metrics", now_ms())),
+    );
+    assert_eq!(status, 200);
     let (_, info) = read(&base, INFO, Some(auth(&node_key, INFO, now_ms())));
     assert_eq!(info["privacy"], "private");
     assert!(info["config"].is_object(), "{info}");

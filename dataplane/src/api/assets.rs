@@ -130,7 +130,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn view_of(
+/// What the caller of `path` may see at the node's privacy level.
+pub(crate) fn view_of(
     shared: &Shared,
     headers: &HeaderMap,
     peer: &Peer,

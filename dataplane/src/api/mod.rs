@@ -114,14 +114,27 @@ async fn info_address(State(shared): State<Arc<Shared>>) -> String {
     shared.address.to_string()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
+/// `/metrics` names hardware (CPU brand, MACs, GPU UUIDs): only callers with the full view of
+/// the node's privacy level get it (local callers at `private-network`, operators always).
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    peer: assets::Peer,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    if assets::view_of(&shared, &headers, &peer, "/metrics")? != crate::assets::View::Full {
+        return Err(NodeError::Forbidden(format!(
+            "privacy level {} shows /metrics to operators and local callers only",
+            shared.assets.privacy().as_str()
+        ))
+        .into());
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         shared.metrics_text(),
-    )
+    ))
 }
 
 /// Reads a body up to the configured maximum; over it is a JSON 413, not axum's plain text.

@@ -802,6 +802,15 @@ impl Sim {
                 return;
             }
         };
+        // A late duplicate answer finds the request gone; the slot check below still applies.
+        if let Some(sent) = self.clients[client].outstanding.get(&request)
+            && (sent.message.id() != ack.id || sent.process != ack.process)
+        {
+            self.failures.push(format!(
+                "client {client} request {request}: the ack names {} on {}, not the message sent",
+                ack.id, ack.process
+            ));
+        }
         if let Some(first) = self.acked.get(&ack.id)
             && (first.process, first.slot, first.hashpath) != (ack.process, ack.slot, ack.hashpath)
         {

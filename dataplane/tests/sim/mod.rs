@@ -703,7 +703,9 @@ impl Sim {
             self.faults.client_retries += 1;
             self.client_send(client, request);
         }
-        while self.clients[client].outstanding.len() < self.options.window
+        // New messages only in the safety phase: the liveness phase measures convergence.
+        while self.faults_on
+            && self.clients[client].outstanding.len() < self.options.window
             && self.clients[client].sent < self.options.messages_per_client
         {
             let (process, message) = self.client_message(client);
@@ -723,7 +725,9 @@ impl Sim {
             self.client_send(client, request);
         }
         let c = &self.clients[client];
-        if !c.outstanding.is_empty() || c.sent < self.options.messages_per_client {
+        if !c.outstanding.is_empty()
+            || (self.faults_on && c.sent < self.options.messages_per_client)
+        {
             let think = self.rng.gen_range(5..=300);
             self.at(now + think, Event::ClientTick { client });
         }
@@ -824,9 +828,7 @@ impl Sim {
     }
 
     fn quiescent(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| c.outstanding.is_empty() && c.sent >= self.options.messages_per_client)
+        self.clients.iter().all(|c| c.outstanding.is_empty())
             && self.nodes.iter().all(|n| n.up && n.idle())
     }
 

@@ -9,6 +9,8 @@ use harness::{Faults, run_seed};
 
 /// Seeds CI runs on every test run (debug build, 2 cores: well under two minutes together).
 const CI_SEEDS: std::ops::Range<u64> = 0..32;
+/// Seeds that once failed, kept as regression tests (docs/RELIABILITY.md says what each found).
+const REGRESSION_SEEDS: &[u64] = &[2356];
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -22,7 +24,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn fixed_seeds() {
     let seeds: Vec<u64> = match env_u64("FERROBEAM_SEED") {
         Some(seed) => vec![seed],
-        None => CI_SEEDS.collect(),
+        None => CI_SEEDS.chain(REGRESSION_SEEDS.iter().copied()).collect(),
     };
     let mut faults = Faults::default();
     for seed in seeds {

@@ -234,7 +234,9 @@ impl SimNode {
     /// Marks that `process` may have slots to compute.
     pub fn announce(&mut self, ctx: &mut Ctx, process: Id) {
         let live = self.store.live();
-        let Some(head) = live.heads.get(&process) else {
+        // Compute runs only slots whose commit finished (the node announces them in
+        // `on_commit`): a batch still in the journal may yet be lost in a crash.
+        let Some(head) = self.store.durable().heads.get(&process) else {
             return;
         };
         let proc = self.procs.entry(process).or_default();

@@ -120,6 +120,11 @@ impl SimStore {
         &self.live
     }
 
+    /// What a crash right now could not lose.
+    pub fn durable(&self) -> &Tables {
+        &self.durable
+    }
+
     /// Appends to the journal (visible at once, durable at the next `sync`).
     pub fn write(&mut self, write: Write) {
         self.live.apply(&write);

@@ -1,10 +1,12 @@
 //! The node: wires the store, the scheduler, the executors and the HTTP API together.
 //!
-//! One sequencer thread owns the [`Scheduler`]: it drains queued requests (up to
-//! `commit-batch-max`), assigns slots, signs assignments with the node key, appends the whole
-//! batch to the store in one fsynced commit, and only then updates the process heads, hands the
-//! batch to compute and acknowledges every sender. A single owner means slots are never duplicated or skipped, without
-//! locks; the group commit amortizes the fsync over every concurrent sender.
+//! One sequencer thread owns the [`Scheduler`], inside the sans-IO
+//! [`SequencerCore`](crate::schedule::sequencer::SequencerCore) that makes every decision: the
+//! thread drains queued requests (up to `commit-batch-max`) into it, signs the assignments it
+//! asks for with the node key, appends its batch to the store in one fsynced commit, and only
+//! then updates the process heads, hands the batch to compute and sends the core's answers. A
+//! single owner means slots are never duplicated or skipped, without locks; the group commit
+//! amortizes the fsync over every concurrent sender.
 
 pub mod assets;
 pub mod attest;
@@ -23,12 +25,15 @@ pub use config::NodeConfig;
 pub use key::{KeyError, load_or_create_node_key, write_private};
 
 use crate::message::{Hashpath, Id, Message, MessageError, VerifiedMessage, Wallet};
+use crate::schedule::sequencer::{
+    Located, Refused, Request as CoreRequest, ScheduleIndex, SequencerCore, Target,
+};
 use crate::schedule::{Assignment, PROCESS_TYPE, ScheduleError, Scheduler};
 use crate::store::{Scheduled, Store, StoreError};
 
 /// Requests waiting for the sequencer. Each holds one message (≤ 16 MiB, typically ~1 KB); a
 /// full queue makes HTTP handlers wait (backpressure), it never grows.
-pub const REQUEST_QUEUE_MAX: usize = 4096;
+pub use crate::schedule::sequencer::REQUEST_QUEUE_MAX;
 
 /// Why the node refused or failed a request. `code()` is the JSON `error` string.
 #[derive(Debug, thiserror::Error)]
@@ -189,12 +194,12 @@ pub struct Ack {
 }
 
 impl Ack {
-    fn new(assignment: &Assignment, signed: &Message, duplicate: bool) -> Self {
+    fn new(assignment: &Assignment, signed: Id, duplicate: bool) -> Self {
         Self {
             id: assignment.message,
             process: assignment.process,
             slot: assignment.slot,
-            assignment: signed.id(),
+            assignment: signed,
             timestamp: assignment.timestamp_ms,
             hashpath: assignment.hashpath,
             duplicate,
@@ -262,8 +267,7 @@ impl Sequencer {
         let worker = SequencerThread {
             store,
             wallet,
-            scheduler,
-            batch_max,
+            core: SequencerCore::new(scheduler, batch_max),
             on_commit,
         };
         let handle = std::thread::Builder::new()
@@ -409,140 +413,122 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The sequencer's driver: a thin loop over [`SequencerCore`] that brings it requests, commits
+/// its batches to the store, and sends its answers.
 struct SequencerThread {
     store: Arc<Store>,
     wallet: Wallet,
-    scheduler: Scheduler,
-    batch_max: usize,
+    core: SequencerCore<Message, oneshot::Sender<Result<Ack, NodeError>>, NodeError>,
     on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
 }
 
-/// One accepted request of the batch being built, and whom to answer.
-enum Outcome {
-    /// Scheduled in this batch at this index.
-    New(usize),
-    /// Answer now (a duplicate already durable, or an error).
-    Now(Result<Ack, NodeError>),
-    /// The same message as batch entry `.0`, earlier in this batch.
-    SameAs(usize),
+/// The store's message index, as the sequencer core looks up duplicates.
+struct StoreIndex<'a>(&'a Store);
+
+impl ScheduleIndex for StoreIndex<'_> {
+    type Error = NodeError;
+
+    fn locate(&mut self, id: &Id) -> Result<Option<Located>, NodeError> {
+        let Some((process, slot)) = self.0.locate(id)? else {
+            return Ok(None);
+        };
+        let signed = self
+            .0
+            .assignment(&process, slot)?
+            .ok_or_else(|| NodeError::Unavailable("index names a missing assignment".into()))?;
+        let assignment = Assignment::from_message(&signed).map_err(StoreError::from)?;
+        Ok(Some(Located {
+            assignment,
+            signed: signed.id(),
+        }))
+    }
 }
 
 impl SequencerThread {
     fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
-        let mut rng = rand::rngs::OsRng;
+        let batch_max = self.core.batch_max();
         // Runs until every Sequencer handle is dropped (node shutdown).
         while let Some(first) = queue.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < self.batch_max {
+            self.offer(first);
+            // Bounded by batch_max: what arrived during the last commit joins this one.
+            while self.core.queued() < batch_max {
                 match queue.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => self.offer(next),
                     Err(_) => break,
                 }
             }
-            self.process_batch(batch, &mut rng);
+            self.step();
         }
     }
 
-    fn process_batch(&mut self, batch: Vec<Queued>, rng: &mut rand::rngs::OsRng) {
-        let now = now_ms();
-        let mut scheduled: Vec<Scheduled> = Vec::with_capacity(batch.len());
-        let mut in_batch = std::collections::HashMap::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        for queued in batch {
-            let outcome = self.admit(queued.request, now, &mut scheduled, &mut in_batch, rng);
-            replies.push((queued.reply, outcome));
-        }
-        let committed = if scheduled.is_empty() {
-            Ok(())
-        } else {
-            self.store.commit(&scheduled)
+    fn offer(&mut self, queued: Queued) {
+        let (id, target, message) = match queued.request {
+            Request::Spawn(m) => (m.id(), Target::Spawn, m),
+            Request::Schedule { process, message } => {
+                (message.id(), Target::Process(process), message)
+            }
         };
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
-            // The scheduler advanced in memory; rewind it to what is durable.
-            match restore_scheduler(&self.store) {
-                Ok(s) => self.scheduler = s,
-                Err(e) => tracing::error!(error = %e, "cannot reload heads after a failed commit"),
+        let request = CoreRequest {
+            id,
+            target,
+            message: message.into_message(),
+            reply: queued.reply,
+        };
+        if let Err(refused) = self.core.handle_request(request) {
+            // Never: the loop above offers at most batch_max ≤ REQUEST_QUEUE_MAX per step.
+            let _ = refused
+                .reply
+                .send(Err(NodeError::Unavailable("sequencer queue full".into())));
+        }
+    }
+
+    /// One batch: build it, commit it (fsync), update heads and compute, then answer everyone.
+    fn step(&mut self) {
+        let wallet = &self.wallet;
+        let mut rng = rand::rngs::OsRng;
+        let mut index = StoreIndex(&self.store);
+        let batch = self.core.poll_batch(now_ms(), &mut index, |a| {
+            wallet.sign(a.to_message(), &mut rng)
+        });
+        if let Some(batch) = batch {
+            let scheduled: Vec<Scheduled> = batch
+                .entries
+                .into_iter()
+                .map(|e| Scheduled {
+                    assignment: e.assignment,
+                    signed: e.signed,
+                    message: e.message,
+                })
+                .collect();
+            let committed = self.store.commit(&scheduled);
+            if let Err(e) = &committed {
+                tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
+            }
+            let ok = committed.is_ok();
+            self.core.handle_committed(batch.id, committed);
+            // Heads are updated before anyone is acknowledged, so a sender that reads the
+            // process right after its ack sees its slot.
+            if ok {
+                (self.on_commit)(scheduled);
             }
         }
-        let answers: Vec<_> = replies
-            .into_iter()
-            .map(|(reply, outcome)| {
-                let answer = match (outcome, &committed) {
-                    (Outcome::Now(answer), _) => answer,
-                    (Outcome::New(i) | Outcome::SameAs(i), Ok(())) => {
-                        let s = &scheduled[i];
-                        Ok(Ack::new(&s.assignment, &s.signed, false))
-                    }
-                    (_, Err(e)) => Err(NodeError::Unavailable(format!("commit failed: {e}"))),
-                };
-                (reply, answer)
-            })
-            .collect();
-        // Heads are updated before anyone is acknowledged, so a sender that reads the process
-        // right after its ack sees its slot.
-        if committed.is_ok() && !scheduled.is_empty() {
-            (self.on_commit)(scheduled);
-        }
-        for (reply, answer) in answers {
+        while let Some((reply, answer)) = self.core.poll_reply() {
+            let answer = answer
+                .map(|r| Ack::new(&r.assignment, r.signed, r.duplicate))
+                .map_err(refused_error);
             // A sender that went away no longer needs its ack; the message is durable anyway.
             let _ = reply.send(answer);
         }
     }
+}
 
-    fn admit(
-        &mut self,
-        request: Request,
-        now: u64,
-        scheduled: &mut Vec<Scheduled>,
-        in_batch: &mut std::collections::HashMap<Id, usize>,
-        rng: &mut rand::rngs::OsRng,
-    ) -> Outcome {
-        let (process, message) = match request {
-            Request::Spawn(m) => (None, m),
-            Request::Schedule { process, message } => (Some(process), message),
-        };
-        let id = message.id();
-        if let Some(&i) = in_batch.get(&id) {
-            return Outcome::SameAs(i);
-        }
-        match self.existing_ack(&id) {
-            Ok(Some(ack)) => return Outcome::Now(Ok(ack)),
-            Ok(None) => {}
-            Err(e) => return Outcome::Now(Err(e)),
-        }
-        let assigned = match process {
-            None => self.scheduler.spawn(id, now),
-            Some(p) => self.scheduler.assign(&p, id, now),
-        };
-        let assignment = match assigned {
-            Ok(a) => a,
-            Err(ScheduleError::UnknownProcess(p)) => {
-                return Outcome::Now(Err(NodeError::UnknownProcess(p)));
-            }
-            Err(e) => return Outcome::Now(Err(NodeError::BadRequest(e.to_string()))),
-        };
-        let signed = self.wallet.sign(assignment.to_message(), rng);
-        in_batch.insert(id, scheduled.len());
-        scheduled.push(Scheduled {
-            assignment,
-            signed,
-            message: message.into_message(),
-        });
-        Outcome::New(scheduled.len() - 1)
-    }
-
-    /// The original ack of a message that is already durable.
-    fn existing_ack(&self, id: &Id) -> Result<Option<Ack>, NodeError> {
-        let Some((process, slot)) = self.store.locate(id)? else {
-            return Ok(None);
-        };
-        let signed = self
-            .store
-            .assignment(&process, slot)?
-            .ok_or_else(|| NodeError::Unavailable("index names a missing assignment".into()))?;
-        let assignment = Assignment::from_message(&signed).map_err(StoreError::from)?;
-        Ok(Some(Ack::new(&assignment, &signed, true)))
+/// The node error for a refusal of the sequencer core.
+fn refused_error(refused: Refused<NodeError>) -> NodeError {
+    match refused {
+        Refused::Schedule(ScheduleError::UnknownProcess(p)) => NodeError::UnknownProcess(p),
+        Refused::Schedule(e) => NodeError::BadRequest(e.to_string()),
+        Refused::Lookup(e) => e,
+        Refused::CommitFailed(e) => NodeError::Unavailable(format!("commit failed: {e}")),
     }
 }
 

@@ -4,13 +4,17 @@
 //! Sans-IO: [`Scheduler`] is plain state; time is passed in, signing is the caller's, and
 //! durability is the driver's (`crate::node`), which appends assignments to the store in group
 //! commits and only then acknowledges senders. Slot 0 of every process is the process message
-//! itself.
+//! itself. [`sequencer::SequencerCore`] holds the sequencer's decisions around it (admission,
+//! duplicates, batches, acks after commit), so the node's thread and the simulator
+//! (`dataplane/tests/sim`) drive the same code.
 
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
 use crate::message::{Hashpath, Id, Message, MessageError, Value, b64};
+
+pub mod sequencer;
 
 /// The `type` of an assignment message.
 pub const ASSIGNMENT_TYPE: &str = "Assignment";
@@ -153,6 +157,11 @@ impl Scheduler {
     /// Rebuilds a process's head from its last durable assignment (after a restart).
     pub fn restore(&mut self, process: Id, head: ProcessHead) {
         self.heads.insert(process, head);
+    }
+
+    /// Drops `process` (undoes a spawn that never became durable).
+    pub fn forget(&mut self, process: &Id) {
+        self.heads.remove(process);
     }
 
     /// The head of `process`, if it exists.

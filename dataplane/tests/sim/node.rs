@@ -1,0 +1,513 @@
+//! `SimNode`: one node's real sans-IO sequencer core, real wasmtime instances and the real push
+//! plan, driven the way `ferrobeam::node` drives them (group commit, ack after commit, push
+//! before result, restore from the newest snapshot plus replay), over a `SimStore`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ferrobeam::execute::{Instance, SlotInput, SlotOutcome, Snapshot};
+use ferrobeam::message::{Id, Message, Wallet};
+use ferrobeam::node::compute::result_record;
+use ferrobeam::push::{self, Push};
+use ferrobeam::schedule::Scheduler;
+use ferrobeam::schedule::sequencer::{BatchId, Request, SequencerCore, Target};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::store::{Index, SimStore, Write};
+use super::{Body, Ctx, Endpoint, Event, Packet, PushKey, Tag};
+
+/// Whom the core answers: a remote endpoint (client or peer node), or this node's own push.
+#[derive(Debug)]
+pub enum ReplyTo {
+    Remote { to: Endpoint, tag: Tag },
+    Local(PushKey),
+}
+
+type Core = SequencerCore<Message, ReplyTo, String>;
+
+/// One outbox message on its way to its target, retried until acknowledged.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    target: Id,
+    message: Message,
+    home: usize,
+}
+
+/// A slot computed but not finished: its pushes are not all acknowledged yet.
+struct SlotWork {
+    slot: u64,
+    record: Vec<u8>,
+    snapshot: Option<Snapshot>,
+    waiting: BTreeSet<PushKey>,
+    pushed: Vec<serde_json::Value>,
+}
+
+/// Compute progress of one process (volatile: lost in a crash).
+#[derive(Default)]
+struct Proc {
+    instance: Option<Instance>,
+    /// The slot the instance runs next.
+    next: u64,
+    /// A ComputeDone is scheduled or pushes are outstanding.
+    busy: bool,
+    work: Option<SlotWork>,
+}
+
+pub struct SimNode {
+    pub index: usize,
+    pub wallet: Wallet,
+    pub up: bool,
+    pub epoch: u64,
+    pub store: SimStore,
+    core: Core,
+    procs: BTreeMap<Id, Proc>,
+    outgoing: BTreeMap<PushKey, Outgoing>,
+    pub snapshot_interval: u64,
+    batch_max: usize,
+}
+
+impl SimNode {
+    pub fn new(index: usize, wallet: Wallet, snapshot_interval: u64, batch_max: usize) -> Self {
+        Self {
+            index,
+            wallet,
+            up: true,
+            epoch: 0,
+            store: SimStore::default(),
+            core: Core::new(Scheduler::new(), batch_max),
+            procs: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
+            snapshot_interval,
+            batch_max,
+        }
+    }
+
+    /// Nothing queued, committing, computing or pushing.
+    pub fn idle(&self) -> bool {
+        let live = self.store.live();
+        let computed = live
+            .heads
+            .iter()
+            .all(|(p, head)| live.last_result_slot(p) == Some(head.next_slot - 1));
+        self.core.queued() == 0
+            && self.core.in_flight().is_none()
+            && self.outgoing.is_empty()
+            && self.procs.values().all(|p| !p.busy)
+            && computed
+    }
+
+    /// A crash: volatile state is gone, the store keeps what its crash semantics keep.
+    pub fn crash(&mut self, ctx: &mut Ctx) -> usize {
+        self.up = false;
+        self.epoch += 1;
+        self.procs.clear();
+        self.outgoing.clear();
+        self.core = Core::new(Scheduler::new(), self.batch_max);
+        self.store.crash(ctx.rng)
+    }
+
+    /// A restart: heads from the store (as `Sequencer::start`), compute resumes for every process
+    /// whose last slot has no result (as `compute::start`).
+    pub fn restart(&mut self, ctx: &mut Ctx) {
+        let mut scheduler = Scheduler::new();
+        let heads: Vec<_> = self.store.live().heads.clone().into_iter().collect();
+        for (process, head) in &heads {
+            scheduler.restore(*process, *head);
+        }
+        self.core = Core::new(scheduler, self.batch_max);
+        self.up = true;
+        self.epoch += 1;
+        for (process, head) in heads {
+            if self.store.live().last_result_slot(&process) != Some(head.next_slot - 1) {
+                self.announce(ctx, process);
+            }
+        }
+    }
+
+    /// Offers a request to the core; false when its queue is full (the sender retries).
+    pub fn offer(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Id,
+        target: Target,
+        message: Message,
+        reply: ReplyTo,
+    ) -> bool {
+        let request = Request {
+            id,
+            target,
+            message,
+            reply,
+        };
+        let offered = self.core.handle_request(request).is_ok();
+        self.drive(ctx);
+        offered
+    }
+
+    /// Starts a batch when none is in flight, and sends every answer the core has.
+    pub fn drive(&mut self, ctx: &mut Ctx) {
+        let wallet = &self.wallet;
+        let mut index = Index(self.store.live());
+        let batch = self.core.poll_batch(ctx.now, &mut index, |a| {
+            wallet.sign(a.to_message(), &mut sign_rng())
+        });
+        if let Some(batch) = batch {
+            let entries = batch
+                .entries
+                .into_iter()
+                .map(|e| (e.assignment, e.signed, e.message))
+                .collect();
+            self.store.write(Write::Batch(entries));
+            let fsync_ms = ctx.fsync_ms();
+            ctx.timer(
+                fsync_ms,
+                Event::CommitDone {
+                    node: self.index,
+                    epoch: self.epoch,
+                    batch: batch.id,
+                },
+            );
+        }
+        self.answer(ctx);
+    }
+
+    fn answer(&mut self, ctx: &mut Ctx) {
+        while let Some((reply, answer)) = self.core.poll_reply() {
+            let answer = answer
+                .map(|r| super::AckInfo {
+                    id: r.assignment.message,
+                    process: r.assignment.process,
+                    slot: r.assignment.slot,
+                    hashpath: r.assignment.hashpath,
+                    duplicate: r.duplicate,
+                })
+                .map_err(|e| format!("{e:?}"));
+            match reply {
+                ReplyTo::Remote { to, tag } => ctx.send(Packet {
+                    from: Endpoint::Node(self.index),
+                    to,
+                    body: Body::Ack { tag, answer },
+                }),
+                ReplyTo::Local(key) => self.pushed(ctx, key, answer),
+            }
+        }
+    }
+
+    /// The batch's fsync finished (or failed, by the fault plan).
+    pub fn commit_done(&mut self, ctx: &mut Ctx, batch: BatchId) {
+        if self.core.in_flight() != Some(batch) {
+            return;
+        }
+        self.store.sync();
+        let touched: Vec<Id> = self.store.live().heads.keys().copied().collect();
+        assert!(self.core.handle_committed(batch, Ok::<(), String>(())));
+        // As `on_commit`: compute learns of the new slots before anyone is acknowledged.
+        for process in touched {
+            self.announce(ctx, process);
+        }
+        self.drive(ctx);
+    }
+
+    /// A packet for this node: a schedule request (client or peer push), or a push's ack.
+    pub fn handle_packet(&mut self, ctx: &mut Ctx, packet: Packet) {
+        match packet.body {
+            Body::Schedule {
+                target,
+                message,
+                tag,
+            } => {
+                let reply = ReplyTo::Remote {
+                    to: packet.from,
+                    tag,
+                };
+                // A full queue drops the request: the sender's retry is the backpressure.
+                self.offer(ctx, message.id(), target, message, reply);
+            }
+            Body::Ack {
+                tag: Tag::Push(key),
+                answer,
+            } => self.pushed(ctx, key, answer),
+            Body::Ack { .. } => {}
+        }
+    }
+
+    /// Marks that `process` may have slots to compute.
+    pub fn announce(&mut self, ctx: &mut Ctx, process: Id) {
+        let live = self.store.live();
+        // Compute runs only slots whose commit finished (the node announces them in
+        // `on_commit`): a batch still in the journal may yet be lost in a crash.
+        let Some(head) = self.store.durable().heads.get(&process) else {
+            return;
+        };
+        let proc = self.procs.entry(process).or_default();
+        // Without a live instance the process resumes after its last stored result.
+        let next = match &proc.instance {
+            Some(_) => proc.next,
+            None => live.last_result_slot(&process).map_or(0, |s| s + 1),
+        };
+        if proc.busy || next >= head.next_slot {
+            return;
+        }
+        proc.busy = true;
+        let exec_ms = ctx.exec_ms();
+        ctx.timer(
+            exec_ms,
+            Event::ComputeDone {
+                node: self.index,
+                epoch: self.epoch,
+                process,
+            },
+        );
+    }
+
+    /// An executor finished its job: (restore if needed, then) run the next slot.
+    pub fn compute_done(&mut self, ctx: &mut Ctx, process: Id) {
+        if self
+            .procs
+            .get(&process)
+            .is_none_or(|p| p.instance.is_none())
+        {
+            self.restore(ctx, process);
+        }
+        let proc = self.procs.get_mut(&process).expect("restored above");
+        let slot = proc.next;
+        let Some((assignment, signed_by, message)) = self.store.live().slot(&process, slot) else {
+            proc.busy = false;
+            return;
+        };
+        let definition = self.store.live().messages[&process].clone();
+        let owner = definition.commitments()[0].address();
+        let depth = push::depth_of(&message, ctx.world.pushers.contains(&signed_by));
+        let from = push::sender(&message, signed_by, &ctx.world.pushers);
+        let input = SlotInput {
+            process,
+            slot,
+            message_id: assignment.message,
+            from,
+            owner,
+            timestamp_ms: assignment.timestamp_ms,
+            message,
+        };
+        let instance = proc.instance.as_mut().expect("restored above");
+        let outcome = instance.run(&input).expect("slots run in order");
+        let snapshot = slot
+            .is_multiple_of(self.snapshot_interval)
+            .then(|| instance.snapshot().expect("a slot ran"));
+        proc.next = slot + 1;
+        let record = serde_json::to_vec(&result_record(
+            process,
+            slot,
+            assignment.message,
+            assignment.hashpath,
+            &outcome,
+        ))
+        .expect("json");
+        let work = SlotWork {
+            slot,
+            record,
+            snapshot,
+            waiting: BTreeSet::new(),
+            pushed: Vec::new(),
+        };
+        self.push(ctx, process, depth, &outcome, work);
+    }
+
+    /// Brings `process` back: newest snapshot at or before its last result, else slot 0.
+    fn restore(&mut self, ctx: &mut Ctx, process: Id) {
+        let live = self.store.live();
+        let definition = &live.messages[&process];
+        let module = ctx.world.module_of(definition);
+        let restored = live
+            .last_result_slot(&process)
+            .and_then(|upto| live.snapshot_at_or_before(&process, upto))
+            .map(|(slot, bytes)| (slot, Snapshot::decode(&bytes).expect("own snapshot")));
+        let proc = self.procs.entry(process).or_default();
+        match restored {
+            Some((slot, snapshot)) => {
+                proc.instance = Some(
+                    Instance::restore(&module, process, definition, &snapshot).expect("restore"),
+                );
+                proc.next = slot + 1;
+                ctx.faults.restores += 1;
+            }
+            None => {
+                proc.instance = Some(Instance::new(&module, process, definition).expect("new"));
+                proc.next = 0;
+            }
+        }
+    }
+
+    /// Pushes a slot's outbox unless its result is stored (then it was pushed before).
+    fn push(
+        &mut self,
+        ctx: &mut Ctx,
+        process: Id,
+        depth: i64,
+        outcome: &SlotOutcome,
+        mut work: SlotWork,
+    ) {
+        let stored = self
+            .store
+            .live()
+            .results
+            .contains_key(&(process, work.slot));
+        let plan = if outcome.outbox.is_empty() || stored {
+            Vec::new()
+        } else {
+            push::plan(process, work.slot, depth, &outcome.outbox).expect("plan")
+        };
+        let mut sends = Vec::new();
+        for (index, planned) in plan.into_iter().enumerate() {
+            let Push::Schedule { target, message } = planned else {
+                work.pushed
+                    .push(serde_json::json!({ "index": index, "skipped": true }));
+                continue;
+            };
+            let Some(&home) = ctx.world.homes.get(&target) else {
+                work.pushed
+                    .push(serde_json::json!({ "index": index, "skipped": "no route" }));
+                continue;
+            };
+            let signed = self.wallet.sign(message, &mut sign_rng());
+            let key = PushKey {
+                source: process,
+                slot: work.slot,
+                index: index as u32,
+            };
+            work.waiting.insert(key);
+            work.pushed
+                .push(serde_json::json!({ "index": index, "id": signed.id() }));
+            sends.push((
+                key,
+                Outgoing {
+                    target,
+                    message: signed,
+                    home,
+                },
+            ));
+        }
+        self.procs.get_mut(&process).expect("computing").work = Some(work);
+        for (key, outgoing) in sends {
+            self.outgoing.insert(key, outgoing);
+            self.send_push(ctx, key);
+        }
+        self.finish_if_pushed(ctx, process);
+    }
+
+    fn send_push(&mut self, ctx: &mut Ctx, key: PushKey) {
+        let Some(out) = self.outgoing.get(&key).cloned() else {
+            return;
+        };
+        ctx.faults.pushes_sent += 1;
+        if out.home == self.index {
+            let id = out.message.id();
+            if !self.offer(
+                ctx,
+                id,
+                Target::Process(out.target),
+                out.message,
+                ReplyTo::Local(key),
+            ) {
+                ctx.timer(super::PUSH_RETRY_MS, self.retry_event(key));
+            }
+            return;
+        }
+        ctx.send(Packet {
+            from: Endpoint::Node(self.index),
+            to: Endpoint::Node(out.home),
+            body: Body::Schedule {
+                target: Target::Process(out.target),
+                message: out.message,
+                tag: Tag::Push(key),
+            },
+        });
+        ctx.timer(super::PUSH_RETRY_MS, self.retry_event(key));
+    }
+
+    fn retry_event(&self, key: PushKey) -> Event {
+        Event::PushRetry {
+            node: self.index,
+            epoch: self.epoch,
+            key,
+        }
+    }
+
+    /// A push's retry timer fired: send again unless acknowledged.
+    pub fn push_retry(&mut self, ctx: &mut Ctx, key: PushKey) {
+        if self.outgoing.contains_key(&key) {
+            ctx.faults.push_retries += 1;
+            self.send_push(ctx, key);
+        }
+    }
+
+    /// A push was answered. A refused commit is retried; any other answer ends the push.
+    fn pushed(&mut self, ctx: &mut Ctx, key: PushKey, answer: Result<super::AckInfo, String>) {
+        if let Err(e) = &answer {
+            if e.contains("CommitFailed") {
+                return; // the retry timer sends it again
+            }
+            ctx.failures
+                .push(format!("node {} push {key:?} refused: {e}", self.index));
+        }
+        if self.outgoing.remove(&key).is_none() {
+            return; // a duplicate answer
+        }
+        let Some(proc) = self.procs.get_mut(&key.source) else {
+            return;
+        };
+        if let Some(work) = proc.work.as_mut()
+            && work.slot == key.slot
+        {
+            work.waiting.remove(&key);
+        }
+        self.finish_if_pushed(ctx, key.source);
+    }
+
+    /// Every push of the slot is acknowledged: push record, result, snapshot; next slot.
+    fn finish_if_pushed(&mut self, ctx: &mut Ctx, process: Id) {
+        let proc = self.procs.get_mut(&process).expect("computing");
+        if proc.work.as_ref().is_none_or(|w| !w.waiting.is_empty()) {
+            return;
+        }
+        let work = proc.work.take().expect("checked above");
+        proc.busy = false;
+        let key = (process, work.slot);
+        if !work.pushed.is_empty() {
+            let record = serde_json::to_vec(&work.pushed).expect("json");
+            self.store.write(Write::Pushes(process, work.slot, record));
+        }
+        match self.store.live().results.get(&key) {
+            Some(previous) if *previous != work.record => ctx.failures.push(format!(
+                "node {} {process} slot {}: recomputed result differs from the stored one",
+                self.index, work.slot
+            )),
+            Some(_) => {}
+            None => self
+                .store
+                .write(Write::Result(process, work.slot, work.record)),
+        }
+        if let Some(snapshot) = work.snapshot {
+            self.store
+                .write(Write::Snapshot(process, snapshot.slot, snapshot.encode()));
+        }
+        self.announce(ctx, process);
+    }
+
+    /// A client's or bootstrap's spawn, applied at once with an immediate commit (setup only).
+    pub fn bootstrap(&mut self, ctx: &mut Ctx, process: Message) {
+        let id = process.id();
+        let reply = ReplyTo::Remote {
+            to: Endpoint::Node(self.index),
+            tag: Tag::Bootstrap,
+        };
+        assert!(self.offer(ctx, id, Target::Spawn, process, reply));
+        let batch = self.core.in_flight().expect("a spawn needs a batch");
+        self.commit_done(ctx, batch);
+    }
+}
+
+/// Ed25519 signing draws no randomness; a fixed-seed generator satisfies the signature, so no OS
+/// randomness can reach a run.
+fn sign_rng() -> StdRng {
+    StdRng::seed_from_u64(0)
+}

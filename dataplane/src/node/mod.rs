@@ -457,7 +457,16 @@ impl SequencerThread {
                     Err(_) => break,
                 }
             }
-            self.step();
+            if !self.step() {
+                // After a failed fsync the journal's state is unknown (the write may or may not
+                // be on disk, and the kernel may have dropped the dirty pages): writing on would
+                // risk reusing slots the disk already holds. Stop; a restart recovers from what
+                // the store really has. Senders get `Unavailable` from now on.
+                tracing::error!(
+                    "the store failed to commit: the sequencer stops; restart the node"
+                );
+                return;
+            }
         }
     }
 
@@ -483,13 +492,15 @@ impl SequencerThread {
     }
 
     /// One batch: build it, commit it (fsync), update heads and compute, then answer everyone.
-    fn step(&mut self) {
+    /// False when the commit failed.
+    fn step(&mut self) -> bool {
         let wallet = &self.wallet;
         let mut rng = rand::rngs::OsRng;
         let mut index = StoreIndex(&self.store);
         let batch = self.core.poll_batch(now_ms(), &mut index, |a| {
             wallet.sign(a.to_message(), &mut rng)
         });
+        let mut healthy = true;
         if let Some(batch) = batch {
             let scheduled: Vec<Scheduled> = batch
                 .entries
@@ -505,6 +516,7 @@ impl SequencerThread {
                 tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
             }
             let ok = committed.is_ok();
+            healthy = ok;
             self.core.handle_committed(batch.id, committed);
             // Heads are updated before anyone is acknowledged, so a sender that reads the
             // process right after its ack sees its slot.
@@ -519,6 +531,7 @@ impl SequencerThread {
             // A sender that went away no longer needs its ack; the message is durable anyway.
             let _ = reply.send(answer);
         }
+        healthy
     }
 }
 

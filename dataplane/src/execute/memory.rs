@@ -85,11 +85,11 @@ impl CachePath {
     /// [`ExecError::Cache`] when the file is missing, unreadable, or was written by an
     /// incompatible wasmtime (its header is checked): the caller recompiles.
     pub(crate) fn load(&self, engine: &wasmtime::Engine) -> Result<wasmtime::Module, ExecError> {
-        // SAFETY: a `CachePath` names a file in the node's cache directory that only
-        // `CachePath::write` creates: the complete output of `precompile_module` of an engine
-        // whose compatibility hash is in the name (hence this engine's settings), renamed into
-        // place atomically and never modified afterwards, so the mapping does not change under
-        // us. wasmtime still checks the header's version and settings.
+        // A `CachePath` names a file in the node's cache directory that only `CachePath::write`
+        // creates: the complete output of `precompile_module` of an engine whose compatibility
+        // hash is in the name (hence this engine's settings), renamed into place atomically and
+        // never modified afterwards. wasmtime still checks the header's version and settings.
+        // SAFETY: the file is this engine's own compiled output and does not change while mapped.
         let module = unsafe { wasmtime::Module::deserialize_file(engine, &self.0) };
         module.map_err(|e| ExecError::Cache(format!("loading {}: {e}", self.0.display())))
     }

@@ -297,16 +297,7 @@ async fn allocate(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, axum::Json<Json>)> {
-    let path: AssetId = id.parse()?;
-    let signed = signed(&shared, &headers, body).await?;
-    if signed.request.action() != "Allocate" {
-        return Err(
-            NodeError::BadRequest("PUT .../allocate takes an Allocate message".into()).into(),
-        );
-    }
-    let answer = handle(&shared, signed, Some(path)).await?;
-    let (status, body) = answer_json(&shared, answer);
-    Ok((status, axum::Json(body)))
+    on_asset(shared, &id, &headers, body, "Allocate", "PUT .../allocate").await
 }
 
 async fn release(
@@ -315,12 +306,22 @@ async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, axum::Json<Json>)> {
+    on_asset(shared, &id, &headers, body, "Release", "DELETE .../release").await
+}
+
+/// A signed `action` request on the asset in the path (allocate, release).
+async fn on_asset(
+    shared: Arc<Shared>,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    action: &str,
+    route: &str,
+) -> ApiResult<(StatusCode, axum::Json<Json>)> {
     let path: AssetId = id.parse()?;
-    let signed = signed(&shared, &headers, body).await?;
-    if signed.request.action() != "Release" {
-        return Err(
-            NodeError::BadRequest("DELETE .../release takes a Release message".into()).into(),
-        );
+    let signed = signed(&shared, headers, body).await?;
+    if signed.request.action() != action {
+        return Err(NodeError::BadRequest(format!("{route} takes an {action} message")).into());
     }
     let answer = handle(&shared, signed, Some(path)).await?;
     let (status, body) = answer_json(&shared, answer);

@@ -601,6 +601,19 @@ impl Scan {
 
 /// Rejects instructions that change state outside linear memory and globals.
 fn check_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), String> {
+    match forbidden_instruction(body)? {
+        Some(name) => Err(format!(
+            "instruction {name} is not allowed: it changes state a snapshot does not hold"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first instruction of `body` that changes state outside linear memory and globals (tables,
+/// segments): a snapshot would not hold it, so no ABI allows it.
+pub(super) fn forbidden_instruction(
+    body: &wasmparser::FunctionBody<'_>,
+) -> Result<Option<&'static str>, String> {
     let mut reader = body.get_operators_reader().map_err(|e| e.to_string())?;
     while !reader.eof() {
         let name = match reader.read().map_err(|e| e.to_string())? {
@@ -613,9 +626,7 @@ fn check_body(body: &wasmparser::FunctionBody<'_>) -> Result<(), String> {
             Operator::DataDrop { .. } => "data.drop",
             _ => continue,
         };
-        return Err(format!(
-            "instruction {name} is not allowed: it changes state a snapshot does not hold"
-        ));
+        return Ok(Some(name));
     }
-    Ok(())
+    Ok(None)
 }

@@ -14,10 +14,10 @@
 //! live in `wasi`.
 
 use serde_json::{Map, Value as Json, json};
-use wasmparser::{ExternalKind, Operator, Parser, Payload, TypeRef, ValType};
+use wasmparser::{ExternalKind, Parser, Payload, TypeRef, ValType};
 use wasmtime::{AsContextMut, Memory, TypedFunc};
 
-use super::legacy_eh::{self, Rewrite};
+use super::legacy_eh::{self, Rewrite, Signature};
 use super::snapshot::GLOBAL_NAME_BYTES_MAX;
 use super::{
     ExecError, GLOBALS_MAX, OUTBOX_BYTES_MAX, OUTBOX_MESSAGES_MAX, OUTPUT_BYTES_MAX, SEND_TAGS_MAX,
@@ -136,8 +136,6 @@ pub(crate) fn check_module(wasm: &[u8]) -> Result<bool, ExecError> {
     shape.check().map_err(ExecError::ModuleInvalid)
 }
 
-type Signature = (Vec<ValType>, Vec<ValType>);
-
 /// What the ao-json checks read from a module.
 #[derive(Default)]
 struct Shape {
@@ -159,18 +157,7 @@ impl Shape {
         let e = |e: wasmparser::BinaryReaderError| e.to_string();
         for payload in parser.parse_all(wasm) {
             match payload.map_err(e)? {
-                Payload::TypeSection(reader) => {
-                    for group in reader {
-                        for sub in group.map_err(e)?.into_types() {
-                            shape.types.push(match sub.composite_type.inner {
-                                wasmparser::CompositeInnerType::Func(f) => {
-                                    Some((f.params().to_vec(), f.results().to_vec()))
-                                }
-                                _ => None,
-                            });
-                        }
-                    }
-                }
+                Payload::TypeSection(reader) => legacy_eh::read_types(reader, &mut shape.types)?,
                 Payload::ImportSection(reader) => {
                     for import in reader.into_imports() {
                         match import.map_err(e)?.ty {
@@ -206,7 +193,7 @@ impl Shape {
                 }
                 Payload::StartSection { .. } => shape.start = true,
                 Payload::CodeSectionEntry(body) if shape.forbidden.is_none() => {
-                    shape.forbidden = forbidden_instruction(&body)?;
+                    shape.forbidden = super::abi::forbidden_instruction(&body)?;
                 }
                 _ => {}
             }
@@ -294,26 +281,6 @@ impl Shape {
         }
         Ok(())
     }
-}
-
-fn forbidden_instruction(
-    body: &wasmparser::FunctionBody<'_>,
-) -> Result<Option<&'static str>, String> {
-    let mut reader = body.get_operators_reader().map_err(|e| e.to_string())?;
-    while !reader.eof() {
-        let name = match reader.read().map_err(|e| e.to_string())? {
-            Operator::TableSet { .. } => "table.set",
-            Operator::TableGrow { .. } => "table.grow",
-            Operator::TableFill { .. } => "table.fill",
-            Operator::TableCopy { .. } => "table.copy",
-            Operator::TableInit { .. } => "table.init",
-            Operator::ElemDrop { .. } => "elem.drop",
-            Operator::DataDrop { .. } => "data.drop",
-            _ => continue,
-        };
-        return Ok(Some(name));
-    }
-    Ok(None)
 }
 
 /// The two entry points, typed by pointer width.

@@ -134,7 +134,30 @@ pub(crate) fn rewrite(wasm: &[u8], spec: &Rewrite) -> Result<Vec<u8>, String> {
 }
 
 /// A function type: parameters and results.
-type Signature = (Vec<wasmparser::ValType>, Vec<wasmparser::ValType>);
+/// A function type: parameters and results.
+pub(super) type Signature = (Vec<wasmparser::ValType>, Vec<wasmparser::ValType>);
+
+/// Appends a type section's types to `types` by index: `Some` for function types, `None` for
+/// the other composite types (they still take an index).
+///
+/// # Errors
+/// The reader's error, as text.
+pub(super) fn read_types(
+    reader: wasmparser::TypeSectionReader<'_>,
+    types: &mut Vec<Option<Signature>>,
+) -> Result<(), String> {
+    for group in reader {
+        for sub in group.map_err(|e| e.to_string())?.into_types() {
+            types.push(match sub.composite_type.inner {
+                wasmparser::CompositeInnerType::Func(f) => {
+                    Some((f.params().to_vec(), f.results().to_vec()))
+                }
+                _ => None,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// What the translation needs to know about the module.
 struct ModuleInfo {
@@ -163,18 +186,7 @@ impl ModuleInfo {
         let e = |e: wasmparser::BinaryReaderError| e.to_string();
         for payload in parser.parse_all(wasm) {
             match payload.map_err(e)? {
-                Payload::TypeSection(reader) => {
-                    for group in reader {
-                        for sub in group.map_err(e)?.into_types() {
-                            info.types.push(match sub.composite_type.inner {
-                                wasmparser::CompositeInnerType::Func(f) => {
-                                    Some((f.params().to_vec(), f.results().to_vec()))
-                                }
-                                _ => None,
-                            });
-                        }
-                    }
-                }
+                Payload::TypeSection(reader) => read_types(reader, &mut info.types)?,
                 Payload::ImportSection(reader) => {
                     for import in reader.into_imports() {
                         match import.map_err(e)?.ty {

@@ -15,14 +15,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ed25519_dalek::Signer as _;
 use ferrobeam_attest::snp::{self, AmdChain, Product, SnpReport};
-use ferrobeam_attest::{
-    Id32, MinTcb, NodeKeyScheme, NodePublicKey, NodeSignature, Policy, SnpPolicy, StateParts,
-    TpmPolicy, Verifier,
-};
+use ferrobeam_attest::{Id32, MinTcb, Policy, SnpPolicy, StateParts, TpmPolicy, Verifier};
+use ferrobeam_enclave::collect;
 use ferrobeam_enclave::tpm::{TpmConfig, TpmProvider};
-use ferrobeam_enclave::{NodeSigner, collect};
 
 /// 2025-06-15: inside the validity of the fixture VCEK and the AMD roots.
 const NOW_UNIX_S: u64 = 1_750_000_000;
@@ -45,20 +41,6 @@ impl Swtpm {
     }
 }
 
-struct Ed25519Node(ed25519_dalek::SigningKey);
-
-impl NodeSigner for Ed25519Node {
-    fn scheme(&self) -> NodeKeyScheme {
-        NodeKeyScheme::Ed25519
-    }
-    fn public_key(&self) -> NodePublicKey {
-        NodePublicKey(self.0.verifying_key().to_bytes())
-    }
-    fn sign(&self, message: &[u8]) -> NodeSignature {
-        NodeSignature(self.0.sign(message).to_bytes())
-    }
-}
-
 fn state() -> StateParts {
     StateParts {
         config_id: Id32([9; 32]),
@@ -73,7 +55,7 @@ fn tpm(c: &mut Criterion) {
     let tcti = swtpm.tpm.tcti();
     let mut provider = TpmProvider::start(TpmConfig::new(tcti, dir.path().join("ak.bin")))
         .expect("TPM provider on swtpm");
-    let node = Ed25519Node(ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]));
+    let node = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
     let mut group = c.benchmark_group("attest");
     group.bench_function("tpm-quote/swtpm", |b| {
         b.iter(|| collect(&mut provider, &node, black_box(state()), NONCE).expect("quote"))

@@ -101,6 +101,20 @@ pub trait NodeSigner {
     fn sign(&self, message: &[u8]) -> NodeSignature;
 }
 
+impl NodeSigner for ed25519_dalek::SigningKey {
+    fn scheme(&self) -> NodeKeyScheme {
+        NodeKeyScheme::Ed25519
+    }
+
+    fn public_key(&self) -> NodePublicKey {
+        NodePublicKey(self.verifying_key().to_bytes())
+    }
+
+    fn sign(&self, message: &[u8]) -> NodeSignature {
+        NodeSignature(ed25519_dalek::Signer::sign(self, message).to_bytes())
+    }
+}
+
 /// Produces signed evidence: binds the signer's key, `state` and `nonce` into report data, asks
 /// `provider` for the hardware report, and signs the evidence body with the node key.
 ///

@@ -1,36 +1,20 @@
 //! The SNP provider's plumbing with a test double for the device, the certificate table parser,
 //! kind `none`, and auto detection.
 
-use ed25519_dalek::Signer as _;
 use ferrobeam_attest::{
-    Error, EvidenceKind, Id32, MinTcb, NodeKeyScheme, NodePublicKey, NodeSignature, Policy,
-    SnpPolicy, StateParts, Verifier,
+    Error, EvidenceKind, Id32, MinTcb, Policy, SnpPolicy, StateParts, Verifier,
 };
 use ferrobeam_enclave::detect::{DetectPaths, detect_in};
 use ferrobeam_enclave::snp::{DeviceReport, SnpDevice, SnpProvider, parse_cert_table};
-use ferrobeam_enclave::{EnclaveError, NodeSigner, NoneProvider, collect};
+use ferrobeam_enclave::{EnclaveError, NoneProvider, collect};
 
 const REPORT_HEX: &str = include_str!("../../attest/tests/fixtures/report_milan.hex");
 const VCEK_DER: &[u8] = include_bytes!("../../attest/tests/fixtures/vcek_milan.der");
 const NONCE: &[u8] = b"sixteen+ bytes of nonce.........";
 const NOW_UNIX_S: u64 = 1_750_000_000;
 
-struct Node(ed25519_dalek::SigningKey);
-
-impl NodeSigner for Node {
-    fn scheme(&self) -> NodeKeyScheme {
-        NodeKeyScheme::Ed25519
-    }
-    fn public_key(&self) -> NodePublicKey {
-        NodePublicKey(self.0.verifying_key().to_bytes())
-    }
-    fn sign(&self, message: &[u8]) -> NodeSignature {
-        NodeSignature(self.0.sign(message).to_bytes())
-    }
-}
-
-fn node() -> Node {
-    Node(ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]))
+fn node() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[1u8; 32])
 }
 
 fn state() -> StateParts {

@@ -3,10 +3,9 @@
 //!
 //! swtpm is required: CI installs it (scripts/test.sh). Without it these tests fail, loudly.
 
-use ed25519_dalek::Signer as _;
 use ferrobeam_attest::{
-    Error, Evidence, EvidenceKind, HardwareClaims, Id32, NodeKeyScheme, NodePublicKey,
-    NodeSignature, PcrDigest, Policy, StateParts, TpmPolicy, Verifier,
+    Error, Evidence, EvidenceKind, HardwareClaims, Id32, NodePublicKey, PcrDigest, Policy,
+    StateParts, TpmPolicy, Verifier,
 };
 use ferrobeam_enclave::tpm::{AkAlgorithm, EkAlgorithm, TpmConfig, TpmProvider};
 use ferrobeam_enclave::{NodeSigner, collect};
@@ -41,22 +40,8 @@ impl Swtpm {
     }
 }
 
-struct Ed25519Node(ed25519_dalek::SigningKey);
-
-impl NodeSigner for Ed25519Node {
-    fn scheme(&self) -> NodeKeyScheme {
-        NodeKeyScheme::Ed25519
-    }
-    fn public_key(&self) -> NodePublicKey {
-        NodePublicKey(self.0.verifying_key().to_bytes())
-    }
-    fn sign(&self, message: &[u8]) -> NodeSignature {
-        NodeSignature(self.0.sign(message).to_bytes())
-    }
-}
-
-fn node() -> Ed25519Node {
-    Ed25519Node(ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]))
+fn node() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[5u8; 32])
 }
 
 fn state() -> StateParts {
@@ -84,7 +69,7 @@ fn verify(policy: &Policy, evidence: &Evidence, nonce: &[u8]) -> Result<(), Erro
 }
 
 fn resign(evidence: &mut Evidence) {
-    evidence.signature = node().sign(&evidence.signing_bytes());
+    evidence.signature = NodeSigner::sign(&node(), &evidence.signing_bytes());
 }
 
 fn quote_and_verify(ek: EkAlgorithm, ak: AkAlgorithm) -> (Policy, Evidence) {

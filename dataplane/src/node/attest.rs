@@ -156,8 +156,7 @@ pub fn parse_nonce(text: &str) -> Result<Vec<u8>, AttestError> {
 /// signing never meets an RSA key.
 #[derive(Clone)]
 pub struct AttestationKey {
-    wallet: Wallet,
-    public_key: NodePublicKey,
+    key: ed25519_dalek::SigningKey,
 }
 
 impl AttestationKey {
@@ -169,30 +168,23 @@ impl AttestationKey {
         let Wallet::Ed25519(key) = wallet else {
             return Err(AttestError::NodeKeyScheme(wallet.scheme().name()));
         };
-        let public_key = NodePublicKey(key.verifying_key().to_bytes());
         Ok(Self {
-            wallet: wallet.clone(),
-            public_key,
+            key: (**key).clone(),
         })
     }
 }
 
 impl NodeSigner for AttestationKey {
     fn scheme(&self) -> NodeKeyScheme {
-        NodeKeyScheme::Ed25519
+        self.key.scheme()
     }
 
     fn public_key(&self) -> NodePublicKey {
-        self.public_key
+        NodeSigner::public_key(&self.key)
     }
 
     fn sign(&self, message: &[u8]) -> NodeSignature {
-        // Ed25519 is deterministic: the RNG is not drawn from.
-        let signature = self.wallet.sign_bytes(message, &mut rand::rngs::OsRng);
-        let signature: [u8; 64] = signature
-            .try_into()
-            .unwrap_or_else(|s: Vec<u8>| panic!("an Ed25519 signature of {} bytes", s.len()));
-        NodeSignature(signature)
+        NodeSigner::sign(&self.key, message)
     }
 }
 

@@ -69,40 +69,19 @@ impl AoSlot {
 }
 
 /// `proc_exit` was called: the slot ends with this code.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("proc_exit({0})")]
 pub(crate) struct ProcExit(pub(crate) i32);
 
-impl std::fmt::Display for ProcExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "proc_exit({})", self.0)
-    }
-}
-
-impl std::error::Error for ProcExit {}
-
 /// An emscripten longjmp (`_emscripten_throw_longjmp`) on its way to the nearest `invoke_*`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("longjmp outside any invoke_* call")]
 pub(crate) struct Longjmp;
 
-impl std::fmt::Display for Longjmp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("longjmp outside any invoke_* call")
-    }
-}
-
-impl std::error::Error for Longjmp {}
-
 /// A guest-requested abort.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("abort")]
 pub(crate) struct Abort;
-
-impl std::fmt::Display for Abort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("abort")
-    }
-}
-
-impl std::error::Error for Abort {}
 
 /// One host function, chosen by import name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 
 pub mod assets;
 mod attest;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -138,11 +139,18 @@ async fn metrics(
 }
 
 /// Reads a body up to the configured maximum; over it is a JSON 413, not axum's plain text.
+/// A body that takes longer than `http-body-timeout-ms` (a stalled or trickling upload) is a
+/// JSON 408, and hyper closes the connection since the body was not read to its end.
 async fn read_body(shared: &Shared, body: Body) -> Result<Bytes, NodeError> {
     let limit = shared.config.body_bytes_max;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| NodeError::BodyTooLarge(limit))
+    let timeout_ms = shared.config.http_body_timeout_ms;
+    tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    .map_err(|_| NodeError::RequestTimeout(timeout_ms))?
+    .map_err(|_| NodeError::BodyTooLarge(limit))
 }
 
 /// Parses a message body in the form its content type names (JSON by default).

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::api::server::{
+    HTTP_BODY_TIMEOUT_MS_DEFAULT, HTTP_CONNECTIONS_MAX_DEFAULT, HTTP_CONNECTIONS_MAX_LIMIT,
+    HTTP_HEADER_TIMEOUT_MS_DEFAULT,
+};
 use crate::message::Id;
 
 /// Default HTTP listen address (HyperBEAM's port).
@@ -62,6 +66,13 @@ pub struct NodeConfig {
     pub ingress_cores: usize,
     /// A QUIC connection, or a stream inside a frame, silent this long is closed (ms).
     pub quic_idle_timeout_ms: u64,
+    /// Most open HTTP connections; when all are taken, new ones wait in the accept backlog.
+    pub http_connections_max: usize,
+    /// An HTTP client that has not sent a whole request head this long after the connection
+    /// became ready to read one is disconnected (ms): slow clients, idle keep-alive connections.
+    pub http_header_timeout_ms: u64,
+    /// An HTTP request body not received in full this long is answered 408 (ms).
+    pub http_body_timeout_ms: u64,
 }
 
 /// One entry of the route table.
@@ -95,6 +106,9 @@ impl Default for NodeConfig {
             transport: crate::ingress::TransportKind::default(),
             ingress_cores: 0,
             quic_idle_timeout_ms: crate::ingress::IDLE_TIMEOUT_MS_DEFAULT,
+            http_connections_max: HTTP_CONNECTIONS_MAX_DEFAULT,
+            http_header_timeout_ms: HTTP_HEADER_TIMEOUT_MS_DEFAULT,
+            http_body_timeout_ms: HTTP_BODY_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -176,6 +190,19 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "quic-idle-timeout-ms must be 100..=3600000".into(),
             ));
+        }
+        if !(1..=HTTP_CONNECTIONS_MAX_LIMIT).contains(&self.http_connections_max) {
+            return Err(ConfigError::Invalid(format!(
+                "http-connections-max must be 1..={HTTP_CONNECTIONS_MAX_LIMIT}"
+            )));
+        }
+        for (key, ms) in [
+            ("http-header-timeout-ms", self.http_header_timeout_ms),
+            ("http-body-timeout-ms", self.http_body_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid(format!("{key} must be 100..=3600000")));
+            }
         }
         Ok(())
     }

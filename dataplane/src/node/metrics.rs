@@ -35,6 +35,11 @@ pub struct Metrics {
     pub messages_pushed: Counter,
     /// Recomputed slots whose result differs from the stored one (must stay 0: determinism).
     pub replay_mismatches: Counter,
+    /// Open HTTP connections (at most `http-connections-max`).
+    pub http_connections: Gauge,
+    /// HTTP connections closed because the request head did not arrive within
+    /// `http-header-timeout-ms` (slow clients, idle keep-alive connections).
+    pub http_header_timeouts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,6 +67,8 @@ impl Metrics {
         let processes = Gauge::default();
         let replay_mismatches = Counter::default();
         let messages_pushed = Counter::default();
+        let http_connections = Gauge::default();
+        let http_header_timeouts = Counter::default();
         registry.register(
             "messages_scheduled",
             "Messages durably scheduled and acknowledged",
@@ -99,6 +106,16 @@ impl Metrics {
             "Recomputed slots whose result differs from the stored one",
             replay_mismatches.clone(),
         );
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            http_connections.clone(),
+        );
+        registry.register(
+            "http_header_timeouts",
+            "HTTP connections closed for not sending a request head in time",
+            http_header_timeouts.clone(),
+        );
         Self {
             registry,
             messages_scheduled,
@@ -110,6 +127,8 @@ impl Metrics {
             processes,
             replay_mismatches,
             messages_pushed,
+            http_connections,
+            http_header_timeouts,
         }
     }
 

@@ -81,6 +81,9 @@ pub enum NodeError {
     /// A request body over the configured maximum.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The request body did not arrive within `http-body-timeout-ms`.
+    #[error("request body not received within {0} ms")]
+    RequestTimeout(u64),
     /// The request is malformed in a way that is not about the message (query, path, headers).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -120,6 +123,7 @@ impl NodeError {
             NodeError::SlotNotAssigned { .. } => "SlotNotAssigned",
             NodeError::ComputePending { .. } => "ComputePending",
             NodeError::BodyTooLarge(_) => "BodyTooLarge",
+            NodeError::RequestTimeout(_) => "RequestTimeout",
             NodeError::BadRequest(_) => "BadRequest",
             NodeError::NotFound(_) => "NotFound",
             NodeError::Unauthenticated(_) => "Unauthenticated",
@@ -147,6 +151,7 @@ impl NodeError {
             | NodeError::SlotNotAssigned { .. }
             | NodeError::NotFound(_) => 404,
             NodeError::Forbidden(_) => 403,
+            NodeError::RequestTimeout(_) => 408,
             NodeError::Conflict(_) => 409,
             NodeError::ComputePending { .. } | NodeError::Unavailable(_) => 503,
             NodeError::Store(_) => 500,
@@ -941,12 +946,15 @@ impl Node {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        // Connection info: privacy levels tell loopback and private-network callers apart.
-        let app =
-            crate::api::router(self.shared).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = crate::api::server::HttpLimits {
+            connections_max: self.shared.config.http_connections_max,
+            header_timeout: std::time::Duration::from_millis(
+                self.shared.config.http_header_timeout_ms,
+            ),
+        };
+        let metrics = self.shared.metrics.clone();
+        let app = crate::api::router(self.shared);
+        let served = crate::api::server::serve(self.listener, app, limits, metrics, shutdown).await;
         // The router (and with it the last Sequencer handle) is gone: the threads wind down
         // once the ingress, which holds the other handles, is shut down.
         let threads = self.threads;

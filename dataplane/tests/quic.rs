@@ -313,6 +313,7 @@ fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
     let alice = wallet(4);
     let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
     let rt = runtime();
+    let mut refused_ids = Vec::new();
     rt.block_on(async {
         let good = QuicClient::connect(node.quic, node.address).await.unwrap();
         let replies = exchange(&good, &message_frame(&signed_to(&alice, &process, 0)))
@@ -339,6 +340,7 @@ fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
         // A bad signature, and a payload that is no rkyv message: each refused, and the
         // stream goes on to ack the valid message after them.
         let forged = with_bad_signature(&signed_to(&alice, &process, 1));
+        refused_ids.push(forged.id());
         let mut frames = message_frame(&forged);
         frames.extend(frame::encode(Kind::Message, &[0xAB; 64]));
         frames.extend(message_frame(&signed_to(&alice, &process, 2)));
@@ -346,12 +348,21 @@ fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
         assert_eq!(refused(&replies[0]), "SignatureInvalid");
         assert_eq!(refused(&replies[1]), "WireInvalid");
         ack(&replies[2]);
+        // An unsigned message.
+        let unsigned = Message::new()
+            .with("target", process.to_string())
+            .with("n", 100);
+        refused_ids.push(unsigned.id());
+        let replies = exchange(&bad, &message_frame(&unsigned)).await.unwrap();
+        assert_eq!(refused(&replies[0]), "Unsigned");
         // A forged message among valid ones still fails alone (batch verification falls back).
         let mut frames = Vec::new();
         for n in 3..10 {
             let message = signed_to(&alice, &process, n);
             let message = if n == 6 {
-                with_bad_signature(&message)
+                let forged = with_bad_signature(&message);
+                refused_ids.push(forged.id());
+                forged
             } else {
                 message
             };
@@ -396,7 +407,31 @@ fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
         counter("ferrobeam_quic_messages_refused_total{code=\"WireInvalid\"} "),
         1.0
     );
+    assert_eq!(
+        counter("ferrobeam_quic_messages_refused_total{code=\"Unsigned\"} "),
+        1.0
+    );
     assert_eq!(counter("ferrobeam_quic_messages_acked_total "), 9.0);
+    // The refused messages are neither scheduled nor stored: the schedule holds the spawn and
+    // the 9 acknowledged messages, and no message id of a refused one resolves.
+    let (_, page) = get(&node.http, &format!("/{process}/schedule?from=0")).unwrap();
+    let scheduled: Vec<Id> = page["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            Assignment::from_message(&json::from_json(&a["assignment"]).unwrap())
+                .unwrap()
+                .message
+        })
+        .collect();
+    assert_eq!(scheduled.len(), 10);
+    assert_eq!(refused_ids.len(), 3);
+    for id in &refused_ids {
+        assert!(!scheduled.contains(id), "refused message {id} scheduled");
+        let (status, _) = get(&node.http, &format!("/~message@1.0/{id}")).unwrap();
+        assert_eq!(status, 404, "refused message {id} stored");
+    }
 }
 
 #[test]

@@ -347,16 +347,6 @@ fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, bool) {
     }
 }
 
-fn metric(base: &str, prefix: &str) -> f64 {
-    let (_, text) = get(base, "/metrics").unwrap();
-    text.as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn slow_http_clients_are_cut_off_while_others_are_served() {
     let dir = tempdir();
@@ -416,12 +406,9 @@ fn slow_http_clients_are_cut_off_while_others_are_served() {
     assert!(text.contains("\"error\":\"RequestTimeout\""), "{text}");
     assert!(trickler.join().unwrap(), "the trickling client was cut off");
 
-    assert!(metric(&base, "ferrobeam_http_header_timeouts_total ") >= 3.0);
+    assert!(node.metric("ferrobeam_http_header_timeouts_total ") >= 3.0);
     assert_eq!(
-        metric(
-            &base,
-            "ferrobeam_requests_rejected_total{code=\"RequestTimeout\"} "
-        ),
+        node.metric("ferrobeam_requests_rejected_total{code=\"RequestTimeout\"} "),
         1.0
     );
     // Nothing half-sent was scheduled.

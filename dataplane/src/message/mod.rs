@@ -21,7 +21,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-pub use commitment::{Commitment, Scheme, VerifiedMessage, Wallet, verify_batch};
+pub use commitment::{
+    Commitment, RSA_MODULUS_BYTES_MAX, RSA_MODULUS_BYTES_MIN, Scheme, VerifiedMessage, Wallet,
+    verify_batch,
+};
 pub use hashpath::{Hashpath, verify_chain};
 
 /// Longest key, in bytes. Keys are short names (`compute-limit`, `meta@1.0`); 128 leaves room for

@@ -13,6 +13,10 @@ use serde_json::Value as Json;
 /// A node running in this process on its own runtime thread; stopped on drop.
 pub struct InProcessNode {
     pub addr: SocketAddr,
+    /// The QUIC ingress address, when the config asked for one.
+    pub quic: Option<SocketAddr>,
+    /// The node's address (what QUIC clients pin).
+    pub address: ferrobeam::message::Address,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -25,7 +29,9 @@ impl InProcessNode {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async move {
                 let node = Node::start(config).await.expect("node starts");
-                ready_tx.send(node.local_addr().unwrap()).unwrap();
+                ready_tx
+                    .send((node.local_addr().unwrap(), node.quic_addr(), node.address()))
+                    .unwrap();
                 node.serve(async {
                     let _ = stopped.await;
                 })
@@ -33,11 +39,13 @@ impl InProcessNode {
                 .unwrap();
             });
         });
-        let addr = ready_rx
+        let (addr, quic, address) = ready_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("node ready");
         Self {
             addr,
+            quic,
+            address,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -45,6 +53,17 @@ impl InProcessNode {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The value of the first `/metrics` line starting with `prefix` (0 when absent).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = get(&self.url(), "/metrics").unwrap();
+        text.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }
 

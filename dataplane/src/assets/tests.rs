@@ -531,3 +531,55 @@ fn prometheus_sums_by_kind() {
     assert!(text.contains("ferrobeam_asset_allocations{kind=\"memory\",unit=\"bytes\"} 0\n"));
     assert!(text.contains("# TYPE ferrobeam_asset_allocated gauge\n"));
 }
+
+/// A request as the parser would hand it over, without a signature: the limits below need
+/// thousands, and signing is not what they test.
+fn unsigned(signer: Address, n: u64, request: request::Request) -> Signed {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    Signed {
+        signer,
+        id: crate::message::Id(id),
+        request,
+    }
+}
+
+#[test]
+fn allocations_per_asset_and_assets_are_bounded() {
+    let (node, alice) = (wallet(1), wallet(2));
+    let mut r = registry(&node, &[]);
+    let memory = kind_asset(&r, "memory");
+    let allocate = |n: u64| {
+        let request = request::Request::Allocate(request::AllocateRequest {
+            asset: memory.to_string(),
+            amount: 1,
+        });
+        unsigned(alice.address(), n, request)
+    };
+    for n in 0..ALLOCATIONS_PER_ASSET_MAX as u64 {
+        run(&mut r, &allocate(n), Some(memory)).unwrap();
+    }
+    let over = r.decide(&allocate(u64::MAX), Some(memory), 1_000);
+    assert!(matches!(over, Err(AssetError::TooMany(_))), "{over:?}");
+    assert_eq!(
+        r.asset(&memory).unwrap().allocated(),
+        ALLOCATIONS_PER_ASSET_MAX as u64
+    );
+
+    let register = |n: u64| {
+        let request = request::Request::Register(request::RegisterRequest {
+            kind: "fpga".into(),
+            identity: format!("slot-{n}"),
+            capacity: Some(1),
+            unit: "boards".into(),
+        });
+        unsigned(node.address(), n, request)
+    };
+    let room = ASSETS_MAX - r.assets().count();
+    for n in 0..room as u64 {
+        run(&mut r, &register(n), None).unwrap();
+    }
+    assert_eq!(r.assets().count(), ASSETS_MAX);
+    let over = r.decide(&register(u64::MAX), None, 1_000);
+    assert!(matches!(over, Err(AssetError::TooMany(_))), "{over:?}");
+}

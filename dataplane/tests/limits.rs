@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use ferrobeam::api::SCHEDULE_PAGE_MAX;
+use ferrobeam::api::assets::{AUTH_HEADER, AUTH_HEADER_BYTES_MAX};
 use ferrobeam::api::server::HTTP_CONNECTIONS_MAX_LIMIT;
 use ferrobeam::assets::{IDENTITY_BYTES_MAX, KIND_BYTES_MAX, UNIT_BYTES_MAX};
 use ferrobeam::execute::{
@@ -179,6 +180,44 @@ fn http_connections_over_the_maximum_wait_for_a_free_one() {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut second, &mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn an_auth_header_over_its_maximum_is_refused_unread() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let read = |header: String| {
+        let mut response = agent
+            .get(format!("{}/~assets@1.0/list", node.url()))
+            .header(AUTH_HEADER, header)
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Json =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        (status, body)
+    };
+    // At the maximum the header is decoded (and found wanting); one byte more is not even read.
+    let (status, at) = read("A".repeat(AUTH_HEADER_BYTES_MAX));
+    assert_eq!(
+        (status, at["error"].as_str()),
+        (400, Some("JsonInvalid")),
+        "{at}"
+    );
+    let (status, over) = read("A".repeat(AUTH_HEADER_BYTES_MAX + 1));
+    assert_eq!(
+        (status, over["error"].as_str()),
+        (401, Some("Unauthenticated")),
+        "{over}"
+    );
+    assert!(
+        over["message"].as_str().unwrap().contains("too long"),
+        "{over}"
+    );
 }
 
 // ---- QUIC ----

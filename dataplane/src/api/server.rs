@@ -9,6 +9,8 @@
 //!    │                an idle keep-alive connection gets): else closed, counted in
 //!    │                ferrobeam_http_header_timeouts_total
 //!    ▼
+//!    │                head ≤ HTTP_HEAD_BYTES_MAX, ≤ HTTP_HEADERS_MAX lines: else 431
+//!    ▼
 //! router ── body within http-body-timeout-ms (`api::read_body`): else 408 RequestTimeout
 //! ```
 //!
@@ -40,11 +42,18 @@ pub const HTTP_HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default time a client has to send a request body (60 s): 16 MiB at ~2 Mbit/s. A stalled
 /// upload gets 408 `RequestTimeout` and its connection is closed.
 pub const HTTP_BODY_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Most header lines in a request head (hyper's default, named here): more is 431.
+pub const HTTP_HEADERS_MAX: usize = 100;
+/// Largest request head (request line and headers): the largest legitimate header is an
+/// `x-ferrobeam-auth` of at most 8 KiB (`api::assets::AUTH_HEADER_BYTES_MAX`). A longer head is
+/// 431 and the connection is closed.
+pub const HTTP_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Pause after an `accept` error that is not about one connection (out of file descriptors):
 /// retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 const _: () = assert!(HTTP_CONNECTIONS_MAX_DEFAULT <= HTTP_CONNECTIONS_MAX_LIMIT);
+const _: () = assert!(HTTP_HEAD_BYTES_MAX >= 2 * super::assets::AUTH_HEADER_BYTES_MAX);
 const _: () = assert!(HTTP_CONNECTIONS_MAX_LIMIT <= u32::MAX as usize);
 
 /// The limits the server loop enforces.
@@ -147,7 +156,9 @@ impl Connection {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            .max_headers(HTTP_HEADERS_MAX)
+            .max_header_size(HTTP_HEAD_BYTES_MAX);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
         let served = tokio::select! {

@@ -7,9 +7,8 @@
 //!    ▼
 //! connection task ── request head within http-header-timeout-ms of the first read (also what
 //!    │                an idle keep-alive connection gets): else closed, counted in
-//!    │                ferrobeam_http_header_timeouts_total
-//!    ▼
-//!    │                head ≤ HTTP_HEAD_BYTES_MAX, ≤ HTTP_HEADERS_MAX lines: else 431
+//!    │                ferrobeam_http_header_timeouts_total; head ≤ HTTP_HEAD_BYTES_MAX and
+//!    │                ≤ HTTP_HEADERS_MAX lines: else 431
 //!    ▼
 //! router ── body within http-body-timeout-ms (`api::read_body`): else 408 RequestTimeout
 //! ```

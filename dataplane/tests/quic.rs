@@ -1,7 +1,7 @@
 //! The QUIC ingress over real sockets on loopback: messages, spawns and bulk frames, the pinned
 //! node identity, and bad input (garbage datagrams, invalid and oversized frames, bad
-//! signatures, streams that never finish) dropped with counters while other connections work.
-//! Every test runs against each backend (`on_uring::*`, `on_tokio::*`).
+//! signatures, streams that never finish) dropped with counters while other connections work,
+//! and the connection limit. Every test runs against each backend (`on_uring::*`, `on_tokio::*`).
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{NOOP_WAT, get, path, post, spawn_wat, tempdir, wallet};
 use ferrobeam::ingress::client::{ClientError, QuicClient, bulk_frame, message_frame};
 use ferrobeam::ingress::frame::{self, HEADER_BYTES, Kind, PAYLOAD_BYTES_MAX};
-use ferrobeam::ingress::{Reply, TransportKind, code};
+use ferrobeam::ingress::{CONNECTIONS_MAX, Reply, TransportKind, code};
 use ferrobeam::message::{Address, Id, Message, Wallet, json};
 use ferrobeam::node::{Node, NodeConfig};
 use ferrobeam::schedule::{Assignment, verify_schedule};
@@ -439,6 +439,49 @@ fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout(transport: Transpo
     );
 }
 
+fn connections_beyond_the_limit_are_refused_and_counted(transport: TransportKind) {
+    let dir = tempdir();
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
+    let alice = wallet(6);
+    let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut clients = Vec::with_capacity(CONNECTIONS_MAX);
+        for _ in 0..CONNECTIONS_MAX {
+            clients.push(QuicClient::connect(node.quic, node.address).await.unwrap());
+        }
+        let refused = QuicClient::connect(node.quic, node.address).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ClientError::Connect(_) | ClientError::Connection(_))
+            ),
+            "connection {} was accepted",
+            CONNECTIONS_MAX + 1
+        );
+        // The connections inside the limit are unaffected.
+        let replies = exchange(&clients[0], &message_frame(&signed_to(&alice, &process, 0)))
+            .await
+            .unwrap();
+        ack(&replies[0]);
+        // Concurrently: each close waits out its connection's draining period.
+        let mut closing = tokio::task::JoinSet::new();
+        for client in clients {
+            closing.spawn(client.close());
+        }
+        closing.join_all().await;
+    });
+    let counter = |name: &str| node.metric(name);
+    assert_eq!(
+        counter("ferrobeam_quic_connections_refused_total{reason=\"connections-max\"} "),
+        1.0
+    );
+    assert_eq!(
+        counter("ferrobeam_quic_connections_accepted_total "),
+        CONNECTIONS_MAX as f64
+    );
+}
+
 /// One `#[test]` per scenario and backend.
 macro_rules! per_transport {
     ($($module:ident => $kind:expr),*) => {
@@ -469,6 +512,11 @@ macro_rules! per_transport {
             #[test]
             fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
                 super::bad_input_is_dropped_with_counters_while_another_connection_keeps_working($kind);
+            }
+
+            #[test]
+            fn connections_beyond_the_limit_are_refused_and_counted() {
+                super::connections_beyond_the_limit_are_refused_and_counted($kind);
             }
 
             #[test]

@@ -397,6 +397,13 @@ impl LargeFrameWanted {
 #[derive(Debug, Default)]
 pub struct LargeFrame(Option<(u64, ::tokio::sync::OwnedSemaphorePermit)>);
 
+impl LargeFrame {
+    /// Whether this reservation is already the one `wanted` (then reserving does nothing).
+    pub fn is_for(&self, wanted: LargeFrameWanted) -> bool {
+        self.0.as_ref().map(|(index, _)| *index) == wanted.0.map(|(index, _)| index)
+    }
+}
+
 /// One frame's place in a stream's reply queue.
 #[derive(Debug)]
 pub enum Outcome {
@@ -537,10 +544,10 @@ impl Ingest {
     /// [`Ingest::reserve_large_frame`] for a caller that cannot lend its reader to the future
     /// (the io_uring backend polls the future from its ring loop).
     pub async fn reserve_large(&self, wanted: LargeFrameWanted, held: &mut LargeFrame) {
-        let wanted = wanted.0;
-        if held.0.as_ref().map(|(index, _)| *index) == wanted.map(|(index, _)| index) {
+        if held.is_for(wanted) {
             return;
         }
+        let wanted = wanted.0;
         held.0 = None; // The frame it was for is complete.
         if let Some((index, bytes)) = wanted {
             // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).

@@ -150,44 +150,72 @@ impl Stream {
         Ok(())
     }
 
-    /// Reads one chunk and starts its admit step.
+    /// Reads what the stream holds, up to `READ_CHUNK_BYTES_MAX` bytes (quinn-proto hands out
+    /// one STREAM frame per chunk, ~1.4 KB: one admit step per packet would cost more than the
+    /// packet), and starts one admit step for all of it.
     fn read(&mut self, ingest: &Arc<Ingest>, connection: &mut Connection, now: Instant) -> Read {
         let mut recv = connection.recv_stream(self.id);
         let Ok(mut chunks) = recv.read(true) else {
             return Read::Lost; // Stopped or closed already.
         };
-        let chunk = chunks.next(READ_CHUNK_BYTES_MAX);
-        // Returning credit to the peer is the connection's next transmit.
-        let _ = chunks.finalize();
-        match chunk {
-            Ok(Some(chunk)) => {
-                self.last_read = now;
-                match ingest.decode_chunk(&mut self.reader, &chunk.bytes, &mut self.bulk) {
-                    Ok(items) => self.admit(ingest, items, None),
-                    Err((items, e)) => {
-                        self.close_invalid(ingest, connection, &e);
-                        self.admit(ingest, items, Some(e));
+        let mut items = Vec::new();
+        let mut invalid = None;
+        let mut read_bytes = 0;
+        let mut end = Read::Blocked;
+        // Each pass takes a chunk or stops: bounded by READ_CHUNK_BYTES_MAX.
+        while read_bytes < READ_CHUNK_BYTES_MAX {
+            match chunks.next(READ_CHUNK_BYTES_MAX - read_bytes) {
+                Ok(Some(chunk)) => {
+                    read_bytes += chunk.bytes.len();
+                    end = Read::Chunk;
+                    match ingest.decode_chunk(&mut self.reader, &chunk.bytes, &mut self.bulk) {
+                        Ok(decoded) => items.extend(decoded),
+                        Err((decoded, e)) => {
+                            items.extend(decoded);
+                            invalid = Some(e);
+                            break;
+                        }
                     }
                 }
-                Read::Chunk
-            }
-            Ok(None) => {
-                self.read_done = true;
-                if !self.reader.at_boundary() {
-                    let e = FrameError::Truncated;
-                    ingest.metrics.frame_invalid(&e);
-                    self.pending
-                        .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+                Ok(None) => {
+                    end = Read::Chunk;
+                    self.read_done = true;
+                    if !self.reader.at_boundary() {
+                        let e = FrameError::Truncated;
+                        ingest.metrics.frame_invalid(&e);
+                        invalid = Some(e);
+                    }
+                    break;
                 }
-                Read::Chunk
+                Err(ReadError::Blocked) => break,
+                Err(ReadError::Reset(_)) => {
+                    end = Read::Lost;
+                    break;
+                }
             }
-            Err(ReadError::Blocked) => Read::Blocked,
-            Err(ReadError::Reset(_)) => Read::Lost,
         }
+        // Returning credit to the peer is the connection's next transmit.
+        let _ = chunks.finalize();
+        if read_bytes > 0 {
+            self.last_read = now;
+        }
+        if let Some(e) = &invalid
+            && !self.read_done
+        {
+            self.close_invalid(ingest, connection, e);
+        }
+        let large = self.large.as_ref();
+        let idle = items.is_empty()
+            && invalid.is_none()
+            && large.is_some_and(|held| held.is_for(LargeFrameWanted::of(&self.reader)));
+        if !idle {
+            self.admit(ingest, items, invalid);
+        }
+        end
     }
 
-    /// Starts the shared admit step (then the large-frame reservation) for one chunk's items;
-    /// `invalid` is the frame error that ended the chunk, answered after them.
+    /// Starts the shared admit step (then the large-frame reservation) for the items read;
+    /// `invalid` is the frame error that ended them, answered after them.
     fn admit(&mut self, ingest: &Arc<Ingest>, items: Vec<Item>, invalid: Option<FrameError>) {
         debug_assert!(self.admitting.is_none());
         let ingest = ingest.clone();

@@ -203,12 +203,18 @@ pub fn start(
         idle_timeout: settings.idle_timeout,
         large_frames: Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES)),
     });
-    match ingest.shared.config.transport {
-        TransportKind::Tokio => Ok(Box::new(tokio::TokioTransport::start(
-            ingest, &settings, tls,
-        )?)),
-        TransportKind::Uring => start_uring(ingest, &settings, tls),
-    }
+    let metrics = ingest.metrics.clone();
+    let transport = match ingest.shared.config.transport {
+        TransportKind::Tokio => Box::new(tokio::TokioTransport::start(ingest, &settings, tls)?),
+        TransportKind::Uring => start_uring(ingest, &settings, tls)?,
+    };
+    metrics
+        .transport
+        .get_or_create(&TransportLabel {
+            transport: transport.kind().name().to_owned(),
+        })
+        .set(1);
+    Ok(transport)
 }
 
 /// The io_uring backend, or the tokio one (with a warning) where io_uring cannot be set up.
@@ -632,6 +638,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label: a QUIC backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// [`TransportKind::name`].
+    pub transport: String,
+}
+
 /// Label: a frame kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -668,6 +681,8 @@ pub struct IngressMetrics {
     pub datagram_bytes_received: Counter,
     /// Datagrams that cannot be QUIC (too short, fixed bit clear), dropped by the endpoint.
     pub datagrams_dropped: Family<ReasonLabel, Counter>,
+    /// 1 for the backend serving the ingress (after any fallback).
+    pub transport: Family<TransportLabel, Gauge>,
 }
 
 impl std::fmt::Debug for IngressMetrics {
@@ -700,6 +715,7 @@ impl IngressMetrics {
             datagrams_received: Counter::default(),
             datagram_bytes_received: Counter::default(),
             datagrams_dropped: Family::default(),
+            transport: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -767,6 +783,11 @@ impl IngressMetrics {
             "datagrams_dropped",
             "Datagrams that cannot be QUIC, by reason",
             m.datagrams_dropped.clone(),
+        );
+        registry.register(
+            "transport",
+            "The QUIC backend serving the ingress (1)",
+            m.transport.clone(),
         );
         Self {
             registry,

@@ -98,7 +98,8 @@ impl Core {
                 return Ok(());
             }
             self.ring.arm()?;
-            let timeout = if self.dirty.is_empty() {
+            // Connections left dirty only wait for send slots: then a completion is due.
+            let timeout = if self.dirty.is_empty() || !self.ring.has_free_slot() {
                 let deadline = self.next_deadline();
                 Some(deadline.saturating_duration_since(Instant::now()))
             } else {

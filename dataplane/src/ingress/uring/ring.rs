@@ -345,6 +345,11 @@ impl Ring {
         Err(std::io::Error::other("io_uring submission queue full"))
     }
 
+    /// Whether a send slot is free.
+    pub fn has_free_slot(&self) -> bool {
+        !self.free.is_empty()
+    }
+
     /// A free send buffer, if one is: fill it with [`Ring::send`].
     pub fn send_buffer(&mut self) -> Option<(usize, &mut Vec<u8>)> {
         let slot = *self.free.last()?;

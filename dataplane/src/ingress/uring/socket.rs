@@ -43,20 +43,27 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.bind(&addr.into())?;
     let fd = socket.as_raw_fd();
     set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)?;
-    if addr.is_ipv6() {
-        set_int(
-            fd,
+    let (level, name, value) = if addr.is_ipv6() {
+        let (ip, discover, probe) = (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        );
+        // For IPv4 peers of a dual-stack socket; kernels that refuse it keep their default.
+        let _ = set_int(fd, ip, discover, probe);
+        (
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IPV6_PMTUDISC_PROBE,
-        )?;
-    }
-    set_int(
-        fd,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_PROBE,
-    )?;
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    };
+    set_int(fd, level, name, value)?;
     Ok(socket.into())
 }
 

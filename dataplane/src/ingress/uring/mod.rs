@@ -48,7 +48,8 @@ pub fn probe() -> std::io::Result<()> {
 
 impl UringTransport {
     /// Binds one socket and ring per ingress core and starts the cores' threads, pinned to the
-    /// first `settings.threads` cores. Returns once every core is set up (or one failed).
+    /// last `settings.threads` CPUs ([`ingress_core`]). Returns once every core is set up (or
+    /// one failed).
     ///
     /// # Errors
     /// [`IngressError::Io`] when a socket, ring or thread cannot be set up.
@@ -78,7 +79,7 @@ impl UringTransport {
             // Every core binds the port the first one got (port 0 picks one).
             let socket = socket::bind(transport.local).map_err(io)?;
             transport.local = socket.local_addr().map_err(io)?;
-            let pin = core_ids.get(core % core_ids.len().max(1)).copied();
+            let pin = ingress_core(&core_ids, core);
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             let (server, ingest) = (server.clone(), ingest.clone());
             let thread = std::thread::Builder::new()
@@ -129,6 +130,14 @@ impl UringTransport {
     }
 }
 
+/// The CPU ingress thread `index` is pinned to: counting down from the last CPU the process
+/// may use, while executor threads count up from the first (`execute::pin_plan`), so the two
+/// share a CPU only when the node has more threads than CPUs. `None`: run unpinned.
+fn ingress_core(core_ids: &[core_affinity::CoreId], index: usize) -> Option<core_affinity::CoreId> {
+    let count = core_ids.len();
+    (count > 0).then(|| core_ids[count - 1 - index % count])
+}
+
 impl Transport for UringTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::Uring
@@ -146,5 +155,20 @@ impl Transport for UringTransport {
 impl Drop for UringTransport {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_threads_are_pinned_from_the_last_cpu_down() {
+        let cpus: Vec<_> = (0..4).map(|id| core_affinity::CoreId { id }).collect();
+        let pinned: Vec<_> = (0..6)
+            .map(|index| ingress_core(&cpus, index).map(|core| core.id))
+            .collect();
+        assert_eq!(pinned, [3, 2, 1, 0, 3, 2].map(Some));
+        assert_eq!(ingress_core(&[], 0), None);
     }
 }

@@ -13,15 +13,15 @@
 //! `message`, `schedule` and `execute::process` are sans-IO: no sockets, files, clocks or OS
 //! randomness; time and RNGs are passed in. Drivers (`store`, `execute`, `api`) are thin.
 //!
-//! `unsafe` is denied everywhere but in `execute::memory` (the `.cwasm` cache load), where each
-//! block carries a `// SAFETY:` line.
+//! `unsafe` is denied everywhere but in `execute::memory` (the `.cwasm` cache load) and
+//! `ingress::uring::ring` (the io_uring boundary), where each block carries a `// SAFETY:` line.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 // Modules in the order a message meets them (each comment keeps rustfmt from sorting them).
 // Model, ids, commitments, JSON and rkyv forms, hashpaths.
 pub mod message;
-// QUIC ingress: framing, TLS identity, backends (quinn on tokio).
+// QUIC ingress: framing, TLS identity, backends (quinn-proto on io_uring, quinn on tokio).
 pub mod ingress;
 // Slots, hash chains, assignments (sans-IO).
 pub mod schedule;

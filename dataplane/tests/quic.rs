@@ -1,6 +1,7 @@
 //! The QUIC ingress over real sockets on loopback: messages, spawns and bulk frames, the pinned
 //! node identity, and bad input (garbage datagrams, invalid and oversized frames, bad
-//! signatures, streams that never finish) dropped with counters while other connections work.
+//! signatures, streams that never finish) dropped with counters while other connections work,
+//! and the connection limit. Every test runs against each backend (`on_uring::*`, `on_tokio::*`).
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::{NOOP_WAT, get, path, post, spawn_wat, tempdir, wallet};
 use ferrobeam::ingress::client::{ClientError, QuicClient, bulk_frame, message_frame};
 use ferrobeam::ingress::frame::{self, HEADER_BYTES, Kind, PAYLOAD_BYTES_MAX};
-use ferrobeam::ingress::{Reply, code};
+use ferrobeam::ingress::{CONNECTIONS_MAX, Reply, TransportKind, code};
 use ferrobeam::message::{Address, Id, Message, Wallet, json};
 use ferrobeam::node::{Node, NodeConfig};
 use ferrobeam::schedule::{Assignment, verify_schedule};
@@ -25,9 +26,10 @@ struct QuicNode {
 }
 
 impl QuicNode {
-    fn start(dir: &std::path::Path, idle_timeout_ms: u64) -> Self {
+    fn start(dir: &std::path::Path, idle_timeout_ms: u64, transport: TransportKind) -> Self {
         let config = NodeConfig {
             quic: Some("127.0.0.1:0".parse().unwrap()),
+            transport,
             ingress_cores: 1,
             quic_idle_timeout_ms: idle_timeout_ms,
             ..common::config(dir)
@@ -38,6 +40,8 @@ impl QuicNode {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async move {
                 let node = Node::start(config).await.expect("node starts");
+                // No silent fallback: each backend's tests run on that backend.
+                assert_eq!(node.quic_transport(), Some(transport));
                 let ready = (
                     node.local_addr().unwrap(),
                     node.quic_addr().expect("QUIC ingress"),
@@ -135,10 +139,9 @@ fn refused(reply: &Reply) -> &str {
     }
 }
 
-#[test]
-fn messages_are_acked_with_their_durable_slot_and_appear_in_the_schedule() {
+fn messages_are_acked_with_their_durable_slot_and_appear_in_the_schedule(transport: TransportKind) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 10_000);
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
     let alice = wallet(1);
     let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
     let rt = runtime();
@@ -196,10 +199,9 @@ fn messages_are_acked_with_their_durable_slot_and_appear_in_the_schedule() {
     assert_eq!(node.metric("ferrobeam_quic_messages_acked_total "), 41.0);
 }
 
-#[test]
-fn a_process_spawns_over_quic() {
+fn a_process_spawns_over_quic(transport: TransportKind) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 10_000);
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
     let wasm = wat::parse_str(NOOP_WAT).unwrap();
     let (status, body) = post(&node.http, "/~wasm@1.0/module", "application/wasm", &wasm);
     assert_eq!(status, 201, "{body}");
@@ -245,10 +247,9 @@ fn a_process_spawns_over_quic() {
     assert_eq!(status, 200, "{slot}");
 }
 
-#[test]
-fn bulk_frames_are_acknowledged_by_byte_count() {
+fn bulk_frames_are_acknowledged_by_byte_count(transport: TransportKind) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 10_000);
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
     let sizes = [0usize, 1, 100_000, 3 * 1024 * 1024];
     let rt = runtime();
     let replies = rt.block_on(async {
@@ -265,10 +266,9 @@ fn bulk_frames_are_acknowledged_by_byte_count() {
     );
 }
 
-#[test]
-fn a_wrong_pinned_address_fails_the_handshake() {
+fn a_wrong_pinned_address_fails_the_handshake(transport: TransportKind) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 10_000);
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
     let rt = runtime();
     rt.block_on(async {
         let impostor = wallet(3).address();
@@ -306,10 +306,11 @@ fn with_bad_signature(signed: &Message) -> Message {
     json::from_json(&value).unwrap()
 }
 
-#[test]
-fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
+fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working(
+    transport: TransportKind,
+) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 10_000);
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
     let alice = wallet(4);
     let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
     let rt = runtime();
@@ -434,10 +435,9 @@ fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
     }
 }
 
-#[test]
-fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout() {
+fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout(transport: TransportKind) {
     let dir = tempdir();
-    let node = QuicNode::start(&path(&dir), 500);
+    let node = QuicNode::start(&path(&dir), 500, transport);
     let alice = wallet(5);
     let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
     let rt = runtime();
@@ -473,3 +473,94 @@ fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout() {
         1.0
     );
 }
+
+fn connections_beyond_the_limit_are_refused_and_counted(transport: TransportKind) {
+    let dir = tempdir();
+    let node = QuicNode::start(&path(&dir), 10_000, transport);
+    let alice = wallet(6);
+    let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut clients = Vec::with_capacity(CONNECTIONS_MAX);
+        for _ in 0..CONNECTIONS_MAX {
+            clients.push(QuicClient::connect(node.quic, node.address).await.unwrap());
+        }
+        let refused = QuicClient::connect(node.quic, node.address).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ClientError::Connect(_) | ClientError::Connection(_))
+            ),
+            "connection {} was accepted",
+            CONNECTIONS_MAX + 1
+        );
+        // The connections inside the limit are unaffected.
+        let replies = exchange(&clients[0], &message_frame(&signed_to(&alice, &process, 0)))
+            .await
+            .unwrap();
+        ack(&replies[0]);
+        // Concurrently: each close waits out its connection's draining period.
+        let mut closing = tokio::task::JoinSet::new();
+        for client in clients {
+            closing.spawn(client.close());
+        }
+        closing.join_all().await;
+    });
+    let counter = |name: &str| node.metric(name);
+    assert_eq!(
+        counter("ferrobeam_quic_connections_refused_total{reason=\"connections-max\"} "),
+        1.0
+    );
+    assert_eq!(
+        counter("ferrobeam_quic_connections_accepted_total "),
+        CONNECTIONS_MAX as f64
+    );
+}
+
+/// One `#[test]` per scenario and backend.
+macro_rules! per_transport {
+    ($($module:ident => $kind:expr),*) => {
+        $(
+        mod $module {
+            use super::TransportKind;
+
+            #[test]
+            fn messages_are_acked_with_their_durable_slot_and_appear_in_the_schedule() {
+                super::messages_are_acked_with_their_durable_slot_and_appear_in_the_schedule($kind);
+            }
+
+            #[test]
+            fn a_process_spawns_over_quic() {
+                super::a_process_spawns_over_quic($kind);
+            }
+
+            #[test]
+            fn bulk_frames_are_acknowledged_by_byte_count() {
+                super::bulk_frames_are_acknowledged_by_byte_count($kind);
+            }
+
+            #[test]
+            fn a_wrong_pinned_address_fails_the_handshake() {
+                super::a_wrong_pinned_address_fails_the_handshake($kind);
+            }
+
+            #[test]
+            fn bad_input_is_dropped_with_counters_while_another_connection_keeps_working() {
+                super::bad_input_is_dropped_with_counters_while_another_connection_keeps_working($kind);
+            }
+
+            #[test]
+            fn connections_beyond_the_limit_are_refused_and_counted() {
+                super::connections_beyond_the_limit_are_refused_and_counted($kind);
+            }
+
+            #[test]
+            fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout() {
+                super::a_stream_that_never_finishes_is_closed_by_the_idle_timeout($kind);
+            }
+        }
+        )*
+    };
+}
+
+per_transport!(on_uring => TransportKind::Uring, on_tokio => TransportKind::Tokio);

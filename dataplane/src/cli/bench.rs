@@ -139,7 +139,7 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
     }
     let mut work: Vec<Lane> = match args.mode {
         Mode::Bulk => {
-            let frame = Arc::new(bulk_frame(size));
+            let frame = bytes::Bytes::from(bulk_frame(size));
             (0..lanes).map(|_| Lane::Bulk(frame.clone())).collect()
         }
         Mode::Messages => {
@@ -154,6 +154,7 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
                 .collect()
         }
     };
+    let transport = node_transport(&http).await;
     let node_cpu_before = node_cpu(&http, args.node_pid).await;
     let client_cpu_before = process_cpu_seconds();
     let totals = Arc::new(Totals::default());
@@ -200,6 +201,7 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
     }
     Ok(report(
         args,
+        &transport,
         size,
         elapsed,
         &totals,
@@ -211,7 +213,7 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
 
 /// One stream's work.
 enum Lane {
-    Bulk(Arc<Vec<u8>>),
+    Bulk(bytes::Bytes),
     Messages(Vec<Vec<u8>>),
 }
 
@@ -243,9 +245,10 @@ async fn run_lane(
     let writer = {
         let credit = credit.clone();
         async move {
-            let mut frames: Box<dyn Iterator<Item = Arc<Vec<u8>>> + Send> = match lane {
+            // Bytes: QUIC keeps a reference instead of copying each frame into its send buffer.
+            let mut frames: Box<dyn Iterator<Item = bytes::Bytes> + Send> = match lane {
                 Lane::Bulk(frame) => Box::new(std::iter::repeat(frame)),
-                Lane::Messages(frames) => Box::new(frames.into_iter().map(Arc::new)),
+                Lane::Messages(frames) => Box::new(frames.into_iter().map(bytes::Bytes::from)),
             };
             // Bounded by the deadline or the pre-signed messages.
             while !stop.load(Ordering::Relaxed) {
@@ -255,7 +258,7 @@ async fn run_lane(
                     .len()
                     .saturating_sub(ferrobeam::ingress::frame::HEADER_BYTES);
                 sent_tx.send((Instant::now(), payload as u64))?;
-                sender.send(&frame).await?;
+                sender.send_bytes(frame).await?;
             }
             sender.finish();
             Ok::<_, anyhow::Error>(())
@@ -378,6 +381,20 @@ fn presign(process: Id, size: usize, count: usize, lanes: usize) -> Vec<Vec<Vec<
     out
 }
 
+/// The node's QUIC backend, from its /metrics (`?` when it cannot be read).
+async fn node_transport(http: &str) -> String {
+    let http = http.to_owned();
+    let text = tokio::task::spawn_blocking(move || http_text(&http, "/metrics")).await;
+    let Ok(Ok(text)) = text else {
+        return "?".to_owned();
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix("ferrobeam_quic_transport{transport=\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
 /// The node's CPU seconds: /proc/PID/stat when given, else its /metrics.
 async fn node_cpu(http: &str, pid: Option<u32>) -> Option<f64> {
     if let Some(pid) = pid {
@@ -418,6 +435,7 @@ fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
 #[allow(clippy::too_many_arguments, reason = "the report's inputs, named")]
 fn report(
     args: &BenchArgs,
+    transport: &str,
     size: usize,
     elapsed: f64,
     totals: &Totals,
@@ -435,7 +453,7 @@ fn report(
     let latency = |p| percentile(&latencies_us, p).map(|us| f64::from(us) / 1000.0);
     json!({
         "mode": format!("{:?}", args.mode).to_ascii_lowercase(),
-        "transport": "tokio",
+        "transport": transport,
         "connections": args.connections,
         "streams": args.streams,
         "size": size,

@@ -84,7 +84,7 @@ struct NodeArgs {
     /// QUIC ingress listen address (UDP), e.g. 127.0.0.1:8735 (docs/dataplane.md).
     #[arg(long, env = "FERROBEAM_QUIC")]
     quic: Option<std::net::SocketAddr>,
-    /// QUIC backend: tokio.
+    /// QUIC backend: uring (default on Linux; tokio where io_uring is unavailable) or tokio.
     #[arg(long, env = "FERROBEAM_TRANSPORT")]
     transport: Option<ferrobeam::ingress::TransportKind>,
     /// Ingress threads (0: half the cores).

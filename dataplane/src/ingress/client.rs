@@ -148,6 +148,16 @@ impl FrameSender {
         Ok(())
     }
 
+    /// Writes already-encoded frames without copying them into QUIC's send buffer (the bytes
+    /// are shared until acknowledged): a sender that repeats or keeps frames saves a copy.
+    ///
+    /// # Errors
+    /// [`ClientError::Write`].
+    pub async fn send_bytes(&mut self, frames: bytes::Bytes) -> Result<(), ClientError> {
+        self.send.write_chunk(frames).await?;
+        Ok(())
+    }
+
     /// Ends the stream: the node answers what it has and finishes its side.
     pub fn finish(&mut self) {
         let _ = self.send.finish();

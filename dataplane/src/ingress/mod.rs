@@ -14,13 +14,16 @@
 //!
 //! This module holds what every backend shares: the limits, the [`Transport`] trait, the ingest
 //! steps ([`Ingest`]), the ack encoding and the metrics. [`frame`] is the sans-IO framing,
-//! [`tls`] the node's certificate and the client's pin, [`tokio`] the quinn-on-tokio backend and
-//! [`client`] the client the bench and tests use. docs/dataplane.md has the whole picture.
+//! [`tls`] the node's certificate and the client's pin, [`uring`] the io_uring backend (the
+//! default on Linux), [`tokio`] the quinn-on-tokio backend and [`client`] the client the bench
+//! and tests use. docs/dataplane.md has the whole picture.
 
 pub mod client;
 pub mod frame;
 pub mod tls;
 pub mod tokio;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -37,7 +40,10 @@ use prometheus_client::registry::Registry;
 use crate::message::{Id, Message, VerifiedMessage, Wallet, verify_batch, wire::from_archived};
 use crate::node::{Ack, NodeError, PendingAck, Shared};
 use crate::schedule::PROCESS_TYPE;
-use frame::{ACK_BYTES, AlignedFrame, BULK_ACK_BYTES, FrameError, Kind, REFUSED_BYTES_MAX};
+use frame::{
+    ACK_BYTES, AlignedFrame, BULK_ACK_BYTES, Event, FrameError, FrameReader, Kind,
+    REFUSED_BYTES_MAX,
+};
 
 /// Default idle timeout of connections and of streams stuck inside a frame (10 s).
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -72,6 +78,10 @@ pub const SEND_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 /// their buffer is one `BUFFER_KEPT_BYTES` per stream at most.
 pub const LARGE_FRAME_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
+/// Shorter datagrams cannot be QUIC: RFC 9000 §10.3 makes 21 bytes the shortest packet an
+/// endpoint sends (a stateless reset), and every real packet carries a 16-byte AEAD tag too.
+const DATAGRAM_BYTES_MIN: usize = 21;
+
 const _: () = assert!(READ_CHUNK_BYTES_MAX <= STREAM_RECEIVE_WINDOW_BYTES as usize);
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= CONNECTION_RECEIVE_WINDOW_BYTES);
 const _: () = assert!(VERIFY_BATCH_MAX <= FRAMES_IN_FLIGHT_PER_STREAM_MAX);
@@ -91,15 +101,26 @@ pub mod code {
 }
 
 /// Which QUIC stack serves the ingress.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum TransportKind {
     /// quinn on a tokio runtime of its own: the portable backend and the baseline.
-    #[default]
     Tokio,
+    /// quinn-proto on an io_uring per ingress core (Linux; falls back to tokio, with a
+    /// warning, where io_uring cannot be set up).
+    Uring,
+}
+
+impl Default for TransportKind {
+    /// `uring` on Linux, `tokio` elsewhere.
+    fn default() -> Self {
+        if cfg!(target_os = "linux") {
+            TransportKind::Uring
+        } else {
+            TransportKind::Tokio
+        }
+    }
 }
 
 impl TransportKind {
@@ -107,6 +128,7 @@ impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Tokio => "tokio",
+            TransportKind::Uring => "uring",
         }
     }
 }
@@ -117,8 +139,11 @@ impl std::str::FromStr for TransportKind {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "tokio" => Ok(TransportKind::Tokio),
-            "uring" | "s2n" => Err(format!("transport {text:?} is not built yet; use tokio")),
-            other => Err(format!("unknown transport {other:?} (tokio)")),
+            "uring" => Ok(TransportKind::Uring),
+            "s2n" => Err(format!(
+                "transport {text:?} is not built yet; use uring or tokio"
+            )),
+            other => Err(format!("unknown transport {other:?} (uring, tokio)")),
         }
     }
 }
@@ -178,11 +203,44 @@ pub fn start(
         idle_timeout: settings.idle_timeout,
         large_frames: Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES)),
     });
-    match ingest.shared.config.transport {
-        TransportKind::Tokio => Ok(Box::new(tokio::TokioTransport::start(
-            ingest, &settings, tls,
-        )?)),
+    let metrics = ingest.metrics.clone();
+    let transport = match ingest.shared.config.transport {
+        TransportKind::Tokio => Box::new(tokio::TokioTransport::start(ingest, &settings, tls)?),
+        TransportKind::Uring => start_uring(ingest, &settings, tls)?,
+    };
+    metrics
+        .transport
+        .get_or_create(&TransportLabel {
+            transport: transport.kind().name().to_owned(),
+        })
+        .set(1);
+    Ok(transport)
+}
+
+/// The io_uring backend, or the tokio one (with a warning) where io_uring cannot be set up.
+fn start_uring(
+    ingest: Arc<Ingest>,
+    settings: &Settings,
+    tls: rustls::ServerConfig,
+) -> Result<Box<dyn Transport>, IngressError> {
+    #[cfg(target_os = "linux")]
+    {
+        let started = uring::probe()
+            .map_err(|source| IngressError::Io {
+                addr: settings.listen,
+                source,
+            })
+            .and_then(|()| uring::UringTransport::start(ingest.clone(), settings, tls.clone()));
+        match started {
+            Ok(transport) => return Ok(Box::new(transport)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; QUIC ingress runs on tokio")
+            }
+        }
     }
+    Ok(Box::new(tokio::TokioTransport::start(
+        ingest, settings, tls,
+    )?))
 }
 
 /// A refusal sent back in a [`Kind::Refused`] frame: the code is a `NodeError` code, or one of
@@ -323,9 +381,34 @@ pub fn decode_ack(payload: &[u8]) -> Result<Ack, FrameError> {
     })
 }
 
+/// The large frame a reader is inside (its index and padded length), if it needs the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LargeFrameWanted(Option<(u64, usize)>);
+
+impl LargeFrameWanted {
+    /// What `reader`'s partly received frame needs from [`LARGE_FRAME_BUDGET_BYTES`].
+    pub fn of(reader: &frame::FrameReader) -> Self {
+        Self(match reader.pending() {
+            Some((index, header))
+                if header.kind == Kind::Message && header.len > frame::BUFFER_KEPT_BYTES =>
+            {
+                Some((index, frame::pad16(header.len)))
+            }
+            _ => None,
+        })
+    }
+}
+
 /// A stream's reservation from the large-frame budget: the frame it is for and the permit.
 #[derive(Debug, Default)]
 pub struct LargeFrame(Option<(u64, ::tokio::sync::OwnedSemaphorePermit)>);
+
+impl LargeFrame {
+    /// Whether this reservation is already the one `wanted` (then reserving does nothing).
+    pub fn is_for(&self, wanted: LargeFrameWanted) -> bool {
+        self.0.as_ref().map(|(index, _)| *index) == wanted.0.map(|(index, _)| index)
+    }
+}
 
 /// One frame's place in a stream's reply queue.
 #[derive(Debug)]
@@ -461,17 +544,16 @@ impl Ingest {
     /// Reserves the budget of a large message frame whose header `reader` has just read, if it
     /// needs one and does not hold it yet; waits while the budget is spent (backpressure).
     pub async fn reserve_large_frame(&self, reader: &frame::FrameReader, held: &mut LargeFrame) {
-        let wanted = match reader.pending() {
-            Some((index, header))
-                if header.kind == Kind::Message && header.len > frame::BUFFER_KEPT_BYTES =>
-            {
-                Some((index, frame::pad16(header.len)))
-            }
-            _ => None,
-        };
-        if held.0.as_ref().map(|(index, _)| *index) == wanted.map(|(index, _)| index) {
+        self.reserve_large(LargeFrameWanted::of(reader), held).await;
+    }
+
+    /// [`Ingest::reserve_large_frame`] for a caller that cannot lend its reader to the future
+    /// (the io_uring backend polls the future from its ring loop).
+    pub async fn reserve_large(&self, wanted: LargeFrameWanted, held: &mut LargeFrame) {
+        if held.is_for(wanted) {
             return;
         }
+        let wanted = wanted.0;
         held.0 = None; // The frame it was for is complete.
         if let Some((index, bytes)) = wanted {
             // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
@@ -483,6 +565,49 @@ impl Ingest {
             {
                 held.0 = Some((index, permit));
             }
+        }
+    }
+
+    /// Decodes the frames of one chunk into items (messages in batches of `VERIFY_BATCH_MAX` are
+    /// admitted by the caller). On an invalid frame, returns the items before it and the error.
+    ///
+    /// # Errors
+    /// The items before the invalid frame, and its error.
+    #[allow(clippy::type_complexity, reason = "the items decoded before the error")]
+    pub fn decode_chunk(
+        &self,
+        reader: &mut FrameReader,
+        mut input: &[u8],
+        bulk: &mut u64,
+    ) -> Result<Vec<Item>, (Vec<Item>, FrameError)> {
+        let mut items = Vec::new();
+        // Each pass consumes input or returns: bounded by the chunk's length.
+        loop {
+            let (used, event) = match reader.decode(input) {
+                Ok(decoded) => decoded,
+                Err(e) => return Err((items, e)),
+            };
+            input = &input[used..];
+            match event {
+                Some(Event::Frame {
+                    kind: Kind::Message,
+                    payload,
+                }) => items.push(self.decode_message(payload)),
+                Some(Event::Frame { kind, .. }) => {
+                    return Err((items, FrameError::Unexpected(kind)));
+                }
+                Some(Event::Bulk { bytes, end }) => {
+                    *bulk += bytes as u64;
+                    self.metrics.bulk_bytes.inc_by(bytes as u64);
+                    if end {
+                        self.metrics.frames(Kind::Bulk).inc();
+                        items.push(Item::Ready(Reply::Bulk(std::mem::take(bulk))));
+                    }
+                }
+                None if input.is_empty() => return Ok(items),
+                None => {}
+            }
+            debug_assert!(items.len() <= READ_CHUNK_BYTES_MAX / 16 + VERIFY_BATCH_MAX);
         }
     }
 
@@ -511,6 +636,13 @@ pub struct CodeLabel {
 pub struct ReasonLabel {
     /// The reason.
     pub reason: String,
+}
+
+/// Label: a QUIC backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// [`TransportKind::name`].
+    pub transport: String,
 }
 
 /// Label: a frame kind.
@@ -549,6 +681,8 @@ pub struct IngressMetrics {
     pub datagram_bytes_received: Counter,
     /// Datagrams that cannot be QUIC (too short, fixed bit clear), dropped by the endpoint.
     pub datagrams_dropped: Family<ReasonLabel, Counter>,
+    /// 1 for the backend serving the ingress (after any fallback).
+    pub transport: Family<TransportLabel, Gauge>,
 }
 
 impl std::fmt::Debug for IngressMetrics {
@@ -581,6 +715,7 @@ impl IngressMetrics {
             datagrams_received: Counter::default(),
             datagram_bytes_received: Counter::default(),
             datagrams_dropped: Family::default(),
+            transport: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -649,6 +784,11 @@ impl IngressMetrics {
             "Datagrams that cannot be QUIC, by reason",
             m.datagrams_dropped.clone(),
         );
+        registry.register(
+            "transport",
+            "The QUIC backend serving the ingress (1)",
+            m.transport.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -666,6 +806,26 @@ impl IngressMetrics {
     /// Counts a closed stream.
     pub fn stream_closed(&self, reason: &str) {
         self.streams_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a received datagram, and drops that cannot be QUIC by reason (quinn drops those
+    /// silently; the node wants them in `/metrics`).
+    pub fn count_datagram(&self, datagram: &[u8]) {
+        self.datagrams_received.inc();
+        self.datagram_bytes_received.inc_by(datagram.len() as u64);
+        // RFC 9000 §17.2/17.3: every QUIC v1 packet has the fixed bit (0x40) set.
+        let reason = if datagram.len() < DATAGRAM_BYTES_MIN {
+            "runt"
+        } else if datagram[0] & 0x40 == 0 {
+            "fixed-bit-clear"
+        } else {
+            return;
+        };
+        self.datagrams_dropped
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })

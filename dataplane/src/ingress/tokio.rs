@@ -17,12 +17,12 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller, VarInt};
 
-use super::frame::{Event, FrameError, FrameReader, Kind};
+use super::frame::{FrameError, FrameReader};
 use super::{
     CONNECTION_RECEIVE_WINDOW_BYTES, CONNECTIONS_MAX, FRAMES_IN_FLIGHT_PER_STREAM_MAX, Ingest,
-    IngressError, IngressMetrics, Item, LargeFrame, Outcome, READ_CHUNK_BYTES_MAX, ReasonLabel,
-    Reply, SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES, STREAMS_PER_CONNECTION_MAX, Settings,
-    Transport, TransportKind, VERIFY_BATCH_MAX, code,
+    IngressError, IngressMetrics, LargeFrame, Outcome, READ_CHUNK_BYTES_MAX, ReasonLabel, Reply,
+    SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES, STREAMS_PER_CONNECTION_MAX, Settings,
+    Transport, TransportKind, code,
 };
 
 /// The running quinn-on-tokio backend.
@@ -305,7 +305,7 @@ impl StreamState {
             }
             Err(()) => {}
             Ok(Ok(Some(chunk))) => {
-                match decode_chunk(ingest, &mut self.reader, &chunk.bytes, &mut self.bulk) {
+                match ingest.decode_chunk(&mut self.reader, &chunk.bytes, &mut self.bulk) {
                     Ok(items) => {
                         ingest.admit(items, &mut self.pending).await;
                         ingest
@@ -368,44 +368,6 @@ fn close_invalid(ingest: &Ingest, recv: &mut quinn::RecvStream, e: &FrameError) 
     let _ = recv.stop(VarInt::from_u32(code::FRAME_INVALID));
 }
 
-/// Decodes the frames of one chunk into items (messages in batches of `VERIFY_BATCH_MAX` are
-/// admitted by the caller). On an invalid frame, returns the items before it and the error.
-#[allow(clippy::type_complexity, reason = "a pair local to this module")]
-fn decode_chunk(
-    ingest: &Ingest,
-    reader: &mut FrameReader,
-    mut input: &[u8],
-    bulk: &mut u64,
-) -> Result<Vec<Item>, (Vec<Item>, FrameError)> {
-    let mut items = Vec::new();
-    // Each pass consumes input or returns: bounded by the chunk's length.
-    loop {
-        let (used, event) = match reader.decode(input) {
-            Ok(decoded) => decoded,
-            Err(e) => return Err((items, e)),
-        };
-        input = &input[used..];
-        match event {
-            Some(Event::Frame {
-                kind: Kind::Message,
-                payload,
-            }) => items.push(ingest.decode_message(payload)),
-            Some(Event::Frame { kind, .. }) => return Err((items, FrameError::Unexpected(kind))),
-            Some(Event::Bulk { bytes, end }) => {
-                *bulk += bytes as u64;
-                ingest.metrics.bulk_bytes.inc_by(bytes as u64);
-                if end {
-                    ingest.metrics.frames(Kind::Bulk).inc();
-                    items.push(Item::Ready(Reply::Bulk(std::mem::take(bulk))));
-                }
-            }
-            None if input.is_empty() => return Ok(items),
-            None => {}
-        }
-        debug_assert!(items.len() <= READ_CHUNK_BYTES_MAX / 16 + VERIFY_BATCH_MAX);
-    }
-}
-
 /// quinn's tokio socket, counting what arrives and what cannot be QUIC (quinn drops those
 /// silently; the node wants them in `/metrics`).
 #[derive(Debug)]
@@ -413,10 +375,6 @@ struct CountingSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     metrics: Arc<IngressMetrics>,
 }
-
-/// Shorter datagrams cannot be QUIC: RFC 9000 §10.3 makes 21 bytes the shortest packet an
-/// endpoint sends (a stateless reset), and every real packet carries a 16-byte AEAD tag too.
-const DATAGRAM_BYTES_MIN: usize = 21;
 
 impl CountingSocket {
     fn wrap(
@@ -426,27 +384,6 @@ impl CountingSocket {
         use quinn::Runtime as _;
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         Ok(Arc::new(Self { inner, metrics }))
-    }
-
-    fn count(&self, datagram: &[u8]) {
-        self.metrics.datagrams_received.inc();
-        self.metrics
-            .datagram_bytes_received
-            .inc_by(datagram.len() as u64);
-        // RFC 9000 §17.2/17.3: every QUIC v1 packet has the fixed bit (0x40) set.
-        let reason = if datagram.len() < DATAGRAM_BYTES_MIN {
-            "runt"
-        } else if datagram[0] & 0x40 == 0 {
-            "fixed-bit-clear"
-        } else {
-            return;
-        };
-        self.metrics
-            .datagrams_dropped
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
     }
 }
 
@@ -470,7 +407,7 @@ impl AsyncUdpSocket for CountingSocket {
             for (buf, meta) in bufs.iter().zip(meta.iter()).take(*count) {
                 let stride = meta.stride.max(1);
                 for segment in buf[..meta.len.min(buf.len())].chunks(stride) {
-                    self.count(segment);
+                    self.metrics.count_datagram(segment);
                 }
             }
         }

@@ -933,6 +933,11 @@ impl Node {
         self.ingress.as_ref().map(|t| t.local_addr())
     }
 
+    /// The QUIC backend serving the ingress (`uring` may have fallen back to `tokio`).
+    pub fn quic_transport(&self) -> Option<crate::ingress::TransportKind> {
+        self.ingress.as_ref().map(|t| t.kind())
+    }
+
     /// The node's address.
     pub fn address(&self) -> Address {
         self.shared.address

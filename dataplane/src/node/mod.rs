@@ -871,7 +871,9 @@ impl Node {
             wallet.clone(),
             heads.clone(),
             &config.routes,
-        ));
+            store.clone(),
+            metrics.clone(),
+        )?);
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Bind {

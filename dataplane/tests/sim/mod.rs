@@ -46,11 +46,17 @@ pub const EVENTS_MAX: u64 = 2_000_000;
 pub const LIVENESS_MS_MAX: u64 = 60_000;
 /// A client re-sends an unanswered request after this long.
 pub const CLIENT_RETRY_MS: u64 = 500;
-/// A node re-sends an unanswered push after this long (the sim's pusher retries forever).
+/// A node offers a local push again after this long when its core's queue was full.
 pub const PUSH_RETRY_MS: u64 = 300;
+/// An attempt at a queued push fails after this long without an answer (the node's HTTP
+/// client timeout, `node::pusher::PEER_TIMEOUT`).
+pub const PEER_TIMEOUT_MS: u64 = ferrobeam::node::pusher::PEER_TIMEOUT.as_millis() as u64;
 
 const _: () = assert!(CLIENT_RETRY_MS < LIVENESS_MS_MAX / 10);
 const _: () = assert!(PUSH_RETRY_MS < LIVENESS_MS_MAX / 10);
+// A push lost just before the heal is retried within a timeout and the longest backoff.
+const _: () =
+    assert!(PEER_TIMEOUT_MS + ferrobeam::push::PUSH_BACKOFF_MS_MAX < LIVENESS_MS_MAX / 3);
 
 pub const COUNTER_WAT: &str = include_str!("../../../examples/counter.wat");
 pub const TOKEN_WAT: &str = include_str!("../../../examples/token.wat");
@@ -157,7 +163,12 @@ pub struct PushKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     Client { client: usize, request: u64 },
-    Push(PushKey),
+    /// An attempt at a queued push (epoch: of the sending node; stale answers are ignored).
+    Queued {
+        seq: u64,
+        epoch: u64,
+        attempt: u64,
+    },
     Bootstrap,
 }
 
@@ -208,6 +219,16 @@ pub enum Event {
         node: usize,
         epoch: u64,
         key: PushKey,
+    },
+    PushTimeout {
+        node: usize,
+        epoch: u64,
+        seq: u64,
+        attempt: u64,
+    },
+    PushWake {
+        node: usize,
+        epoch: u64,
     },
     ClientTick {
         client: usize,
@@ -607,6 +628,21 @@ impl Sim {
             Event::PushRetry { node, epoch, key } => {
                 if self.live(node, epoch) {
                     self.with_node(node, |n, ctx| n.push_retry(ctx, key));
+                }
+            }
+            Event::PushTimeout {
+                node,
+                epoch,
+                seq,
+                attempt,
+            } => {
+                if self.live(node, epoch) {
+                    self.with_node(node, |n, ctx| n.push_timeout(ctx, seq, attempt));
+                }
+            }
+            Event::PushWake { node, epoch } => {
+                if self.live(node, epoch) {
+                    self.with_node(node, |n, ctx| n.pump(ctx));
                 }
             }
             Event::ClientTick { client } => self.client_tick(client),

@@ -1,19 +1,21 @@
-//! `SimNode`: one node's real sans-IO sequencer core, real wasmtime instances and the real push
-//! plan, driven the way `ferrobeam::node` drives them (group commit, ack after commit, push
-//! before result, restore from the newest snapshot plus replay), over a `SimStore`.
+//! `SimNode`: one node's real sans-IO sequencer core, real wasmtime instances, the real push
+//! plan and the real per-peer push queue (`push::PeerQueue`), driven the way `ferrobeam::node`
+//! drives them (group commit, ack after commit; local pushes acknowledged before the result,
+//! pushes to other nodes queued in the result's batch and retried with backoff until
+//! acknowledged; restore from the newest snapshot plus replay), over a `SimStore`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ferrobeam::execute::{Instance, SlotInput, SlotOutcome, Snapshot};
 use ferrobeam::message::{Id, Message, Wallet};
 use ferrobeam::node::compute::result_record;
-use ferrobeam::push::{self, Push};
+use ferrobeam::push::{self, PeerQueue, Push};
 use ferrobeam::schedule::Scheduler;
 use ferrobeam::schedule::sequencer::{BatchId, Request, SequencerCore, Target};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::store::{Index, SimStore, Write};
+use super::store::{Index, Queued, SimStore, Write};
 use super::{Body, Ctx, Endpoint, Event, Packet, PushKey, Tag};
 
 /// Whom the core answers: a remote endpoint (client or peer node), or this node's own push.
@@ -25,21 +27,24 @@ pub enum ReplyTo {
 
 type Core = SequencerCore<Message, ReplyTo, String>;
 
-/// One outbox message on its way to its target, retried until acknowledged.
+/// One outbox message on its way to a process of this node, retried until acknowledged.
 #[derive(Debug, Clone)]
 struct Outgoing {
     target: Id,
     message: Message,
-    home: usize,
 }
 
-/// A slot computed but not finished: its pushes are not all acknowledged yet.
+/// A slot computed but not finished: its local pushes are not all acknowledged yet.
 struct SlotWork {
     slot: u64,
     record: Vec<u8>,
     snapshot: Option<Snapshot>,
     waiting: BTreeSet<PushKey>,
     pushed: Vec<serde_json::Value>,
+    /// Pushes to other nodes, queued (sequence numbers given) when the slot is stored.
+    remote: Vec<Queued>,
+    /// Whether the result was stored before (then nothing is pushed or written again).
+    stored: bool,
 }
 
 /// Compute progress of one process (volatile: lost in a crash).
@@ -62,6 +67,12 @@ pub struct SimNode {
     core: Core,
     procs: BTreeMap<Id, Proc>,
     outgoing: BTreeMap<PushKey, Outgoing>,
+    /// The push queue's volatile half, by target node (rebuilt from the store at restart).
+    peers: BTreeMap<usize, PeerQueue>,
+    /// Attempts in flight: sequence number → attempt number.
+    attempts: BTreeMap<u64, u64>,
+    attempt_next: u64,
+    seq_next: u64,
     pub snapshot_interval: u64,
     batch_max: usize,
 }
@@ -77,6 +88,10 @@ impl SimNode {
             core: Core::new(Scheduler::new(), batch_max),
             procs: BTreeMap::new(),
             outgoing: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            attempt_next: 0,
+            seq_next: 0,
             snapshot_interval,
             batch_max,
         }
@@ -92,6 +107,7 @@ impl SimNode {
         self.core.queued() == 0
             && self.core.in_flight().is_none()
             && self.outgoing.is_empty()
+            && live.queue.is_empty()
             && self.procs.values().all(|p| !p.busy)
             && computed
     }
@@ -102,6 +118,8 @@ impl SimNode {
         self.epoch += 1;
         self.procs.clear();
         self.outgoing.clear();
+        self.peers.clear();
+        self.attempts.clear();
         self.core = Core::new(Scheduler::new(), self.batch_max);
         self.store.crash(ctx.rng)
     }
@@ -117,6 +135,16 @@ impl SimNode {
         self.core = Core::new(scheduler, self.batch_max);
         self.up = true;
         self.epoch += 1;
+        // As `Pusher::new`: every queued push is resumed.
+        let queue = self.store.live().queue.clone();
+        self.seq_next = queue.keys().next_back().map_or(0, |last| last + 1);
+        for (seq, push) in &queue {
+            self.peers
+                .entry(push.home)
+                .or_default()
+                .handle_queued(*seq, push.target);
+        }
+        self.pump(ctx);
         for (process, head) in heads {
             if self.store.live().last_result_slot(&process) != Some(head.next_slot - 1) {
                 self.announce(ctx, process);
@@ -224,9 +252,14 @@ impl SimNode {
                 self.offer(ctx, message.id(), target, message, reply);
             }
             Body::Ack {
-                tag: Tag::Push(key),
+                tag:
+                    Tag::Queued {
+                        seq,
+                        epoch,
+                        attempt,
+                    },
                 answer,
-            } => self.pushed(ctx, key, answer),
+            } if epoch == self.epoch => self.queued_answer(ctx, seq, attempt, answer),
             Body::Ack { .. } => {}
         }
     }
@@ -308,6 +341,8 @@ impl SimNode {
             snapshot,
             waiting: BTreeSet::new(),
             pushed: Vec::new(),
+            remote: Vec::new(),
+            stored: false,
         };
         self.push(ctx, process, depth, &outcome, work);
     }
@@ -337,7 +372,8 @@ impl SimNode {
         }
     }
 
-    /// Pushes a slot's outbox unless its result is stored (then it was pushed before).
+    /// Pushes a slot's outbox unless its result is stored (then it was pushed before): local
+    /// targets through this node's core, the rest queued when the slot is stored.
     fn push(
         &mut self,
         ctx: &mut Ctx,
@@ -346,12 +382,12 @@ impl SimNode {
         outcome: &SlotOutcome,
         mut work: SlotWork,
     ) {
-        let stored = self
+        work.stored = self
             .store
             .live()
             .results
             .contains_key(&(process, work.slot));
-        let plan = if outcome.outbox.is_empty() || stored {
+        let plan = if outcome.outbox.is_empty() || work.stored {
             Vec::new()
         } else {
             push::plan(process, work.slot, depth, &outcome.outbox).expect("plan")
@@ -369,20 +405,27 @@ impl SimNode {
                 continue;
             };
             let signed = self.wallet.sign(message, &mut sign_rng());
+            work.pushed
+                .push(serde_json::json!({ "index": index, "id": signed.id() }));
+            if home != self.index {
+                work.remote.push(Queued {
+                    target,
+                    home,
+                    message: signed,
+                });
+                continue;
+            }
             let key = PushKey {
                 source: process,
                 slot: work.slot,
                 index: index as u32,
             };
             work.waiting.insert(key);
-            work.pushed
-                .push(serde_json::json!({ "index": index, "id": signed.id() }));
             sends.push((
                 key,
                 Outgoing {
                     target,
                     message: signed,
-                    home,
                 },
             ));
         }
@@ -394,34 +437,22 @@ impl SimNode {
         self.finish_if_pushed(ctx, process);
     }
 
+    /// A local push, offered to this node's core (as `Sequencer::schedule_blocking`).
     fn send_push(&mut self, ctx: &mut Ctx, key: PushKey) {
         let Some(out) = self.outgoing.get(&key).cloned() else {
             return;
         };
         ctx.faults.pushes_sent += 1;
-        if out.home == self.index {
-            let id = out.message.id();
-            if !self.offer(
-                ctx,
-                id,
-                Target::Process(out.target),
-                out.message,
-                ReplyTo::Local(key),
-            ) {
-                ctx.timer(super::PUSH_RETRY_MS, self.retry_event(key));
-            }
-            return;
+        let id = out.message.id();
+        if !self.offer(
+            ctx,
+            id,
+            Target::Process(out.target),
+            out.message,
+            ReplyTo::Local(key),
+        ) {
+            ctx.timer(super::PUSH_RETRY_MS, self.retry_event(key));
         }
-        ctx.send(Packet {
-            from: Endpoint::Node(self.index),
-            to: Endpoint::Node(out.home),
-            body: Body::Schedule {
-                target: Target::Process(out.target),
-                message: out.message,
-                tag: Tag::Push(key),
-            },
-        });
-        ctx.timer(super::PUSH_RETRY_MS, self.retry_event(key));
     }
 
     fn retry_event(&self, key: PushKey) -> Event {
@@ -432,7 +463,7 @@ impl SimNode {
         }
     }
 
-    /// A push's retry timer fired: send again unless acknowledged.
+    /// A local push's retry timer fired: offer again unless acknowledged.
     pub fn push_retry(&mut self, ctx: &mut Ctx, key: PushKey) {
         if self.outgoing.contains_key(&key) {
             ctx.faults.push_retries += 1;
@@ -440,7 +471,7 @@ impl SimNode {
         }
     }
 
-    /// A push was answered. A refused commit is retried; any other answer ends the push.
+    /// A local push was answered. A refused commit is retried; any other answer ends the push.
     fn pushed(&mut self, ctx: &mut Ctx, key: PushKey, answer: Result<super::AckInfo, String>) {
         if let Err(e) = &answer {
             if e.contains("CommitFailed") {
@@ -463,7 +494,8 @@ impl SimNode {
         self.finish_if_pushed(ctx, key.source);
     }
 
-    /// Every push of the slot is acknowledged: push record, result, snapshot; next slot.
+    /// Every local push of the slot is acknowledged: result, push record and queued pushes in
+    /// one write (as `Store::put_computed`), snapshot; next slot.
     fn finish_if_pushed(&mut self, ctx: &mut Ctx, process: Id) {
         let proc = self.procs.get_mut(&process).expect("computing");
         if proc.work.as_ref().is_none_or(|w| !w.waiting.is_empty()) {
@@ -472,25 +504,145 @@ impl SimNode {
         let work = proc.work.take().expect("checked above");
         proc.busy = false;
         let key = (process, work.slot);
-        if !work.pushed.is_empty() {
-            let record = serde_json::to_vec(&work.pushed).expect("json");
-            self.store.write(Write::Pushes(process, work.slot, record));
-        }
-        match self.store.live().results.get(&key) {
-            Some(previous) if *previous != work.record => ctx.failures.push(format!(
-                "node {} {process} slot {}: recomputed result differs from the stored one",
-                self.index, work.slot
-            )),
-            Some(_) => {}
-            None => self
-                .store
-                .write(Write::Result(process, work.slot, work.record)),
+        if work.stored {
+            let previous = &self.store.live().results[&key];
+            if *previous != work.record {
+                ctx.failures.push(format!(
+                    "node {} {process} slot {}: recomputed result differs from the stored one",
+                    self.index, work.slot
+                ));
+            }
+        } else {
+            let queued: Vec<(u64, Queued)> = work
+                .remote
+                .into_iter()
+                .map(|push| {
+                    self.seq_next += 1;
+                    (self.seq_next - 1, push)
+                })
+                .collect();
+            let pushes = (!work.pushed.is_empty())
+                .then(|| serde_json::to_vec(&work.pushed).expect("json"));
+            self.store.write(Write::Computed {
+                process,
+                slot: work.slot,
+                result: Some(work.record),
+                pushes,
+                queued: queued.clone(),
+            });
+            for (seq, push) in queued {
+                self.peers
+                    .entry(push.home)
+                    .or_default()
+                    .handle_queued(seq, push.target);
+            }
+            self.pump(ctx);
         }
         if let Some(snapshot) = work.snapshot {
             self.store
                 .write(Write::Snapshot(process, snapshot.slot, snapshot.encode()));
         }
         self.announce(ctx, process);
+    }
+
+    /// Starts every attempt the peer queues allow now, and sets a timer for the next one.
+    pub fn pump(&mut self, ctx: &mut Ctx) {
+        let mut wake = None;
+        let mut starts = Vec::new();
+        for (home, queue) in &mut self.peers {
+            while let Some(seq) = queue.poll_send(ctx.now) {
+                starts.push((*home, seq));
+            }
+            if let Some(at) = queue.poll_timeout() {
+                wake = Some(wake.map_or(at, |w: u64| w.min(at)));
+            }
+        }
+        for (home, seq) in starts {
+            let attempt = self.attempt_next;
+            self.attempt_next += 1;
+            self.attempts.insert(seq, attempt);
+            let push = self.store.live().queue[&seq].clone();
+            ctx.faults.pushes_sent += 1;
+            ctx.send(Packet {
+                from: Endpoint::Node(self.index),
+                to: Endpoint::Node(home),
+                body: Body::Schedule {
+                    target: Target::Process(push.target),
+                    message: push.message,
+                    tag: Tag::Queued {
+                        seq,
+                        epoch: self.epoch,
+                        attempt,
+                    },
+                },
+            });
+            // As the node's HTTP client: an attempt without an answer fails after PEER_TIMEOUT.
+            ctx.timer(
+                super::PEER_TIMEOUT_MS,
+                Event::PushTimeout {
+                    node: self.index,
+                    epoch: self.epoch,
+                    seq,
+                    attempt,
+                },
+            );
+        }
+        if let Some(at) = wake
+            && at > ctx.now
+        {
+            let epoch = self.epoch;
+            ctx.timer(
+                at - ctx.now,
+                Event::PushWake {
+                    node: self.index,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    /// An attempt at a queued push timed out: the peer queue backs off.
+    pub fn push_timeout(&mut self, ctx: &mut Ctx, seq: u64, attempt: u64) {
+        if self.attempts.get(&seq) == Some(&attempt) {
+            self.attempts.remove(&seq);
+            self.attempt_failed(ctx, seq);
+        }
+    }
+
+    fn attempt_failed(&mut self, ctx: &mut Ctx, seq: u64) {
+        ctx.faults.push_retries += 1;
+        let home = self.store.live().queue[&seq].home;
+        let queue = self.peers.get_mut(&home).expect("queued");
+        queue.handle_failed(seq, ctx.now, ctx.rng);
+        self.pump(ctx);
+    }
+
+    /// The answer to an attempt at a queued push (only the attempt in flight counts, as only
+    /// its HTTP request is still open on the node).
+    fn queued_answer(
+        &mut self,
+        ctx: &mut Ctx,
+        seq: u64,
+        attempt: u64,
+        answer: Result<super::AckInfo, String>,
+    ) {
+        if self.attempts.get(&seq) != Some(&attempt) {
+            return;
+        }
+        self.attempts.remove(&seq);
+        match answer {
+            // The target's sequencer failed its commit (a 5xx): retried after a backoff.
+            Err(e) if e.contains("CommitFailed") => return self.attempt_failed(ctx, seq),
+            Err(e) => ctx
+                .failures
+                .push(format!("node {} queued push {seq} refused: {e}", self.index)),
+            Ok(_) => {}
+        }
+        let home = self.store.live().queue[&seq].home;
+        if self.peers.get_mut(&home).expect("queued").handle_done(seq) {
+            self.store.write(Write::Dequeue(seq));
+        }
+        self.pump(ctx);
     }
 
     /// A client's or bootstrap's spawn, applied at once with an immediate commit (setup only).

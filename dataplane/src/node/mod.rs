@@ -516,8 +516,8 @@ impl SequencerThread {
                 tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
             }
             let ok = committed.is_ok();
-            healthy = ok;
             self.core.handle_committed(batch.id, committed);
+            healthy = !self.core.stopped();
             // Heads are updated before anyone is acknowledged, so a sender that reads the
             // process right after its ack sees its slot.
             if ok {
@@ -542,6 +542,9 @@ fn refused_error(refused: Refused<NodeError>) -> NodeError {
         Refused::Schedule(e) => NodeError::BadRequest(e.to_string()),
         Refused::Lookup(e) => e,
         Refused::CommitFailed(e) => NodeError::Unavailable(format!("commit failed: {e}")),
+        Refused::Stopped => NodeError::Unavailable(
+            "the sequencer stopped after a failed commit; the node must be restarted".into(),
+        ),
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Options {
     pub batch_max: usize,
     pub safety_ms: u64,
     pub ping_pct: u32,
+    /// Group commits whose fsync fails (each on a random node at a random moment).
+    pub commit_failures: u32,
 }
 
 impl Options {
@@ -105,6 +107,8 @@ impl Options {
             batch_max: rng.gen_range(1..=16),
             safety_ms: rng.gen_range(2_000..=10_000),
             ping_pct: rng.gen_range(0..=15),
+            // Drawn last: the rest of a seed's mix is what it was before this fault existed.
+            commit_failures: *[0, 0, 1, 2].choose(rng).expect("nonempty"),
         }
     }
 }
@@ -119,6 +123,7 @@ pub struct Faults {
     pub packets_to_down_nodes: u64,
     pub partitions: u64,
     pub crashes: u64,
+    pub commit_failures: u64,
     pub journal_entries_lost: u64,
     pub slow_jobs: u64,
     pub restores: u64,
@@ -136,6 +141,7 @@ impl Faults {
         self.packets_to_down_nodes += o.packets_to_down_nodes;
         self.partitions += o.partitions;
         self.crashes += o.crashes;
+        self.commit_failures += o.commit_failures;
         self.journal_entries_lost += o.journal_entries_lost;
         self.slow_jobs += o.slow_jobs;
         self.restores += o.restores;
@@ -234,6 +240,10 @@ pub enum Event {
         client: usize,
     },
     Crash {
+        node: usize,
+    },
+    /// The node's next group commit fails its fsync.
+    FailCommit {
         node: usize,
     },
     Restart {
@@ -485,6 +495,11 @@ impl Sim {
             let node = self.rng.gen_range(0..self.nodes.len());
             self.at(at, Event::Crash { node });
         }
+        for _ in 0..self.options.commit_failures {
+            let at = self.rng.gen_range(1..safety);
+            let node = self.rng.gen_range(0..self.nodes.len());
+            self.at(at, Event::FailCommit { node });
+        }
         for _ in 0..self.options.partitions {
             let at = self.rng.gen_range(1..safety);
             let a = self.rng.gen_range(0..self.nodes.len());
@@ -613,7 +628,11 @@ impl Sim {
             Event::Deliver(packet) => self.deliver(packet),
             Event::CommitDone { node, epoch, batch } => {
                 if self.live(node, epoch) {
-                    self.with_node(node, |n, ctx| n.commit_done(ctx, batch));
+                    let mut stopped = false;
+                    self.with_node(node, |n, ctx| stopped = n.commit_done(ctx, batch));
+                    if stopped {
+                        self.fail_stop(node);
+                    }
                 }
             }
             Event::ComputeDone {
@@ -647,6 +666,11 @@ impl Sim {
             }
             Event::ClientTick { client } => self.client_tick(client),
             Event::Crash { node } => self.crash(node),
+            Event::FailCommit { node } => {
+                if self.faults_on && self.nodes[node].up {
+                    self.nodes[node].fail_next_commit = true;
+                }
+            }
             Event::Restart { node } => self.restart(node),
             Event::Partition { a, b, on } => {
                 if on && self.faults_on {
@@ -677,6 +701,18 @@ impl Sim {
             return;
         }
         self.faults.crashes += 1;
+        let mut lost = 0;
+        self.with_node(node, |n, ctx| lost = n.crash(ctx));
+        self.faults.journal_entries_lost += lost as u64;
+        let downtime = self.rng.gen_range(1..=self.options.downtime_ms_max);
+        self.at(self.now + downtime, Event::Restart { node });
+    }
+
+    /// The node's core fail-stopped after a failed commit: the node goes down (what the store
+    /// keeps is what a crash keeps: the failed batch may or may not be on disk) and is restarted
+    /// after a downtime, recovering from what the store holds.
+    fn fail_stop(&mut self, node: usize) {
+        self.faults.commit_failures += 1;
         let mut lost = 0;
         self.with_node(node, |n, ctx| lost = n.crash(ctx));
         self.faults.journal_entries_lost += lost as u64;
@@ -811,7 +847,7 @@ impl Sim {
         };
         let ack = match answer {
             Ok(ack) => ack,
-            Err(e) if e.contains("CommitFailed") => return,
+            Err(e) if unavailable(&e) => return,
             Err(e) => {
                 self.failures
                     .push(format!("client {client} request {request} refused: {e}"));
@@ -877,6 +913,12 @@ impl Sim {
             digest: hex::encode(&digest.finalize()[..8]),
         }
     }
+}
+
+/// A refusal that means "the node cannot take writes now" (a 503 on the node): a failed commit,
+/// or a core stopped after one. The sender retries.
+pub fn unavailable(refusal: &str) -> bool {
+    refusal.starts_with("CommitFailed") || refusal == "Stopped"
 }
 
 /// Runs one seed; on failure the error names the seed and how to replay it.

@@ -75,6 +75,8 @@ pub struct SimNode {
     seq_next: u64,
     pub snapshot_interval: u64,
     batch_max: usize,
+    /// The fault plan makes the next group commit's fsync fail.
+    pub fail_next_commit: bool,
 }
 
 impl SimNode {
@@ -94,6 +96,7 @@ impl SimNode {
             seq_next: 0,
             snapshot_interval,
             batch_max,
+            fail_next_commit: false,
         }
     }
 
@@ -221,10 +224,25 @@ impl SimNode {
         }
     }
 
-    /// The batch's fsync finished (or failed, by the fault plan).
-    pub fn commit_done(&mut self, ctx: &mut Ctx, batch: BatchId) {
+    /// The batch's fsync finished, or failed by the fault plan: then the core refuses the batch
+    /// and fail-stops, and this returns true (the node must go down and restart).
+    pub fn commit_done(&mut self, ctx: &mut Ctx, batch: BatchId) -> bool {
         if self.core.in_flight() != Some(batch) {
-            return;
+            return false;
+        }
+        if std::mem::take(&mut self.fail_next_commit) {
+            // The batch stays in the unsynced journal: the crash that follows keeps it or not.
+            assert!(self.core.handle_committed(batch, Err("injected fsync failure")));
+            assert!(self.core.stopped(), "a failed commit stops the core");
+            self.answer(ctx);
+            let mut index = Index(self.store.live());
+            assert!(
+                self.core
+                    .poll_batch(ctx.now, &mut index, |a| a.to_message())
+                    .is_none(),
+                "a stopped core makes no batch"
+            );
+            return true;
         }
         self.store.sync();
         let touched: Vec<Id> = self.store.live().heads.keys().copied().collect();
@@ -234,6 +252,7 @@ impl SimNode {
             self.announce(ctx, process);
         }
         self.drive(ctx);
+        false
     }
 
     /// A packet for this node: a schedule request (client or peer push), or a push's ack.
@@ -474,8 +493,8 @@ impl SimNode {
     /// A local push was answered. A refused commit is retried; any other answer ends the push.
     fn pushed(&mut self, ctx: &mut Ctx, key: PushKey, answer: Result<super::AckInfo, String>) {
         if let Err(e) = &answer {
-            if e.contains("CommitFailed") {
-                return; // the retry timer sends it again
+            if super::unavailable(e) {
+                return; // lost with the node's volatile state: recomputed after the restart
             }
             ctx.failures
                 .push(format!("node {} push {key:?} refused: {e}", self.index));
@@ -632,7 +651,7 @@ impl SimNode {
         self.attempts.remove(&seq);
         match answer {
             // The target's sequencer failed its commit (a 5xx): retried after a backoff.
-            Err(e) if e.contains("CommitFailed") => return self.attempt_failed(ctx, seq),
+            Err(e) if super::unavailable(&e) => return self.attempt_failed(ctx, seq),
             Err(e) => ctx
                 .failures
                 .push(format!("node {} queued push {seq} refused: {e}", self.index)),
@@ -654,7 +673,7 @@ impl SimNode {
         };
         assert!(self.offer(ctx, id, Target::Spawn, process, reply));
         let batch = self.core.in_flight().expect("a spawn needs a batch");
-        self.commit_done(ctx, batch);
+        assert!(!self.commit_done(ctx, batch), "setup commits do not fail");
     }
 }
 

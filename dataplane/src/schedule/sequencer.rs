@@ -311,9 +311,6 @@ impl<M, R, E> SequencerCore<M, R, E> {
                     None => self.scheduler.forget(&process),
                 }
             }
-            for request in self.queue.drain(..) {
-                self.replies.push_back((request.reply, Err(Refused::Stopped)));
-            }
         }
         for (reply, Pending::Entry(i)) in batch.waiting {
             let answer = match &failure {
@@ -321,6 +318,11 @@ impl<M, R, E> SequencerCore<M, R, E> {
                 Some(e) => Err(Refused::CommitFailed(e.clone())),
             };
             self.replies.push_back((reply, answer));
+        }
+        if self.stopped {
+            for request in self.queue.drain(..) {
+                self.replies.push_back((request.reply, Err(Refused::Stopped)));
+            }
         }
         true
     }

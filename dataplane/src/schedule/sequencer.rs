@@ -217,7 +217,8 @@ impl<M, R, E> SequencerCore<M, R, E> {
     /// sender wait and offers it again (backpressure).
     pub fn handle_request(&mut self, request: Request<M, R>) -> Result<(), Request<M, R>> {
         if self.stopped {
-            self.replies.push_back((request.reply, Err(Refused::Stopped)));
+            self.replies
+                .push_back((request.reply, Err(Refused::Stopped)));
             return Ok(());
         }
         if self.queue.len() >= REQUEST_QUEUE_MAX {
@@ -321,7 +322,8 @@ impl<M, R, E> SequencerCore<M, R, E> {
         }
         if self.stopped {
             for request in self.queue.drain(..) {
-                self.replies.push_back((request.reply, Err(Refused::Stopped)));
+                self.replies
+                    .push_back((request.reply, Err(Refused::Stopped)));
             }
         }
         true
@@ -533,7 +535,10 @@ mod tests {
         assert!(core.poll_batch(2, &mut index, sign).is_none());
         let later = replies(&mut core);
         assert_eq!(later.len(), 1);
-        assert_eq!((later[0].0, later[0].1.clone().unwrap_err()), (6, "Stopped".into()));
+        assert_eq!(
+            (later[0].0, later[0].1.clone().unwrap_err()),
+            (6, "Stopped".into())
+        );
     }
 
     #[test]

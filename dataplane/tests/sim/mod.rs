@@ -55,8 +55,7 @@ pub const PEER_TIMEOUT_MS: u64 = ferrobeam::node::pusher::PEER_TIMEOUT.as_millis
 const _: () = assert!(CLIENT_RETRY_MS < LIVENESS_MS_MAX / 10);
 const _: () = assert!(PUSH_RETRY_MS < LIVENESS_MS_MAX / 10);
 // A push lost just before the heal is retried within a timeout and the longest backoff.
-const _: () =
-    assert!(PEER_TIMEOUT_MS + ferrobeam::push::PUSH_BACKOFF_MS_MAX < LIVENESS_MS_MAX / 3);
+const _: () = assert!(PEER_TIMEOUT_MS + ferrobeam::push::PUSH_BACKOFF_MS_MAX < LIVENESS_MS_MAX / 3);
 
 pub const COUNTER_WAT: &str = include_str!("../../../examples/counter.wat");
 pub const TOKEN_WAT: &str = include_str!("../../../examples/token.wat");
@@ -168,7 +167,10 @@ pub struct PushKey {
 /// Who asked, carried in a request and echoed in its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
-    Client { client: usize, request: u64 },
+    Client {
+        client: usize,
+        request: u64,
+    },
     /// An attempt at a queued push (epoch: of the sending node; stale answers are ignored).
     Queued {
         seq: u64,

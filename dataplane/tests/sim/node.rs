@@ -232,7 +232,10 @@ impl SimNode {
         }
         if std::mem::take(&mut self.fail_next_commit) {
             // The batch stays in the unsynced journal: the crash that follows keeps it or not.
-            assert!(self.core.handle_committed(batch, Err("injected fsync failure")));
+            assert!(
+                self.core
+                    .handle_committed(batch, Err("injected fsync failure"))
+            );
             assert!(self.core.stopped(), "a failed commit stops the core");
             self.answer(ctx);
             let mut index = Index(self.store.live());
@@ -540,8 +543,8 @@ impl SimNode {
                     (self.seq_next - 1, push)
                 })
                 .collect();
-            let pushes = (!work.pushed.is_empty())
-                .then(|| serde_json::to_vec(&work.pushed).expect("json"));
+            let pushes =
+                (!work.pushed.is_empty()).then(|| serde_json::to_vec(&work.pushed).expect("json"));
             self.store.write(Write::Computed {
                 process,
                 slot: work.slot,
@@ -652,9 +655,10 @@ impl SimNode {
         match answer {
             // The target's sequencer failed its commit (a 5xx): retried after a backoff.
             Err(e) if super::unavailable(&e) => return self.attempt_failed(ctx, seq),
-            Err(e) => ctx
-                .failures
-                .push(format!("node {} queued push {seq} refused: {e}", self.index)),
+            Err(e) => ctx.failures.push(format!(
+                "node {} queued push {seq} refused: {e}",
+                self.index
+            )),
             Ok(_) => {}
         }
         let home = self.store.live().queue[&seq].home;

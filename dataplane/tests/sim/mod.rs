@@ -7,11 +7,13 @@
 //! jumps to the next event. Nothing reads the OS clock or OS randomness, and every map the run
 //! iterates is ordered, so a seed replays exactly (`FERROBEAM_SEED=N`).
 //!
-//! What is real: the sequencer core (`schedule::sequencer`), the `Scheduler`, signing (Ed25519 is
-//! deterministic), wasmtime `Instance`s with snapshots and restore, the push plan, result records.
-//! What is simulated: the store (`SimStore`, with crash semantics), the network (`send`), the
-//! clock, the executors' speed, the clients. The drivers in `node` mirror `ferrobeam::node`
-//! (group commit, ack after commit, push before result, restore from the newest snapshot).
+//! What is real: the sequencer core (`schedule::sequencer`, with its fail-stop after a failed
+//! commit), the `Scheduler`, signing (Ed25519 is deterministic), wasmtime `Instance`s with
+//! snapshots and restore, the push plan and the per-peer push queue (`push::PeerQueue`), result
+//! records. What is simulated: the store (`SimStore`, with crash semantics and injected fsync
+//! failures), the network (`send`), the clock, the executors' speed, the clients. The drivers in
+//! `node` mirror `ferrobeam::node` (group commit, ack after commit, local pushes before the
+//! result, pushes to other nodes queued in the result's batch, restore from the newest snapshot).
 //!
 //! A run has a safety phase (faults on) and a liveness phase: at `safety_ms` faults stop, every
 //! node is up and the network heals; everything pending (client requests, pushes, compute) must
@@ -41,9 +43,12 @@ pub const EVENTS_MAX: u64 = 2_000_000;
 /// Simulated time the liveness phase may take: after faults stop, every pending client request,
 /// push and slot completes within it. The worst healthy case is a ping-pong chain of
 /// `PUSH_DEPTH_MAX` (32) hops, each a network round trip (≤ 2 × 205 ms), a commit (≤ 10 ms) and
-/// a slot (≤ 5 ms), ~14 s, started after a client retry (≤ 500 ms) and a full executor
-/// backlog; 60 s leaves room and still catches a stuck push (its retry never succeeds).
+/// a slot (≤ 5 ms), ~14 s, started after a client retry (≤ 500 ms), a full executor backlog,
+/// and a queued push whose attempt was lost just before the heal (its timeout, 5 s, then at most
+/// the longest backoff, 10 s); 60 s leaves room and still catches a stuck push.
 pub const LIVENESS_MS_MAX: u64 = 60_000;
+/// Largest rate error of a node's clock, in parts per million (0.1 %: far worse than NTP).
+pub const CLOCK_SKEW_PPM_MAX: i64 = 1_000;
 /// A client re-sends an unanswered request after this long.
 pub const CLIENT_RETRY_MS: u64 = 500;
 /// A node offers a local push again after this long when its core's queue was full.
@@ -84,6 +89,10 @@ pub struct Options {
     pub ping_pct: u32,
     /// Group commits whose fsync fails (each on a random node at a random moment).
     pub commit_failures: u32,
+    /// Bound of the nodes' wall-clock error: each node's clock is off by up to this much (drawn
+    /// again at every restart: a clock step, possibly backwards) and runs fast or slow by up to
+    /// `CLOCK_SKEW_PPM_MAX`.
+    pub clock_error_ms_max: u64,
 }
 
 impl Options {
@@ -108,6 +117,7 @@ impl Options {
             ping_pct: rng.gen_range(0..=15),
             // Drawn last: the rest of a seed's mix is what it was before this fault existed.
             commit_failures: *[0, 0, 1, 2].choose(rng).expect("nonempty"),
+            clock_error_ms_max: *[0, 0, 100, 5_000].choose(rng).expect("nonempty"),
         }
     }
 }
@@ -416,6 +426,7 @@ impl Sim {
                     wallet("node", seed, i),
                     options.snapshot_interval,
                     options.batch_max,
+                    options.clock_error_ms_max,
                 )
             })
             .collect();
@@ -449,6 +460,9 @@ impl Sim {
             cut: BTreeSet::new(),
             events_run: 0,
         };
+        for node in 0..sim.nodes.len() {
+            sim.nodes[node].set_clock(&mut sim.rng);
+        }
         sim.spawn_processes();
         sim.plan_faults();
         for client in 0..sim.clients.len() {

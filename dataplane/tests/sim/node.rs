@@ -77,10 +77,20 @@ pub struct SimNode {
     batch_max: usize,
     /// The fault plan makes the next group commit's fsync fail.
     pub fail_next_commit: bool,
+    clock_error_ms_max: u64,
+    /// This node's wall clock: `now + now × skew_ppm / 10⁶ + offset_ms` (what `now_ms()` reads).
+    clock_offset_ms: i64,
+    clock_skew_ppm: i64,
 }
 
 impl SimNode {
-    pub fn new(index: usize, wallet: Wallet, snapshot_interval: u64, batch_max: usize) -> Self {
+    pub fn new(
+        index: usize,
+        wallet: Wallet,
+        snapshot_interval: u64,
+        batch_max: usize,
+        clock_error_ms_max: u64,
+    ) -> Self {
         Self {
             index,
             wallet,
@@ -97,7 +107,28 @@ impl SimNode {
             snapshot_interval,
             batch_max,
             fail_next_commit: false,
+            clock_error_ms_max,
+            clock_offset_ms: 0,
+            clock_skew_ppm: 0,
         }
+    }
+
+    /// Draws this node's clock error (at creation and at every restart: a step, maybe back).
+    pub fn set_clock(&mut self, rng: &mut StdRng) {
+        use rand::Rng;
+        let max = self.clock_error_ms_max as i64;
+        self.clock_offset_ms = rng.gen_range(-max..=max);
+        self.clock_skew_ppm = if max == 0 {
+            0
+        } else {
+            rng.gen_range(-super::CLOCK_SKEW_PPM_MAX..=super::CLOCK_SKEW_PPM_MAX)
+        };
+    }
+
+    /// What this node's wall clock reads at simulated time `now` (the assignment timestamps).
+    fn wall_ms(&self, now: u64) -> u64 {
+        let now = now as i64;
+        (now + now * self.clock_skew_ppm / 1_000_000 + self.clock_offset_ms).max(0) as u64
     }
 
     /// Nothing queued, committing, computing or pushing.
@@ -138,6 +169,7 @@ impl SimNode {
         self.core = Core::new(scheduler, self.batch_max);
         self.up = true;
         self.epoch += 1;
+        self.set_clock(ctx.rng);
         // As `Pusher::new`: every queued push is resumed.
         let queue = self.store.live().queue.clone();
         self.seq_next = queue.keys().next_back().map_or(0, |last| last + 1);
@@ -177,9 +209,10 @@ impl SimNode {
 
     /// Starts a batch when none is in flight, and sends every answer the core has.
     pub fn drive(&mut self, ctx: &mut Ctx) {
+        let wall_ms = self.wall_ms(ctx.now);
         let wallet = &self.wallet;
         let mut index = Index(self.store.live());
-        let batch = self.core.poll_batch(ctx.now, &mut index, |a| {
+        let batch = self.core.poll_batch(wall_ms, &mut index, |a| {
             wallet.sign(a.to_message(), &mut sign_rng())
         });
         if let Some(batch) = batch {

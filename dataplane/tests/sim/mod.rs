@@ -898,11 +898,11 @@ impl Sim {
 
     fn pending(&self) -> String {
         let requests: usize = self.clients.iter().map(|c| c.outstanding.len()).sum();
-        let busy: Vec<usize> = self
+        let busy: Vec<String> = self
             .nodes
             .iter()
             .filter(|n| !n.idle())
-            .map(|n| n.index)
+            .map(|n| n.busy())
             .collect();
         format!("{requests} client requests outstanding, nodes not idle: {busy:?}")
     }

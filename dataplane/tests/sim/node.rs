@@ -146,6 +146,36 @@ impl SimNode {
             && computed
     }
 
+    /// Why the node is not idle (for failure reports).
+    pub fn busy(&self) -> String {
+        let live = self.store.live();
+        let uncomputed: Vec<String> = live
+            .heads
+            .iter()
+            .filter(|(p, head)| live.last_result_slot(p) != Some(head.next_slot - 1))
+            .map(|(p, head)| {
+                format!(
+                    "{p}: head {} result {:?}",
+                    head.next_slot - 1,
+                    live.last_result_slot(p)
+                )
+            })
+            .collect();
+        format!(
+            "node {}: queued {} in flight {:?} queue {:?} local pushes {} busy procs {} uncomputed {uncomputed:?} peers {:?}",
+            self.index,
+            self.core.queued(),
+            self.core.in_flight(),
+            live.queue.keys().collect::<Vec<_>>(),
+            self.outgoing.len(),
+            self.procs.values().filter(|p| p.busy).count(),
+            self.peers
+                .iter()
+                .map(|(h, q)| (*h, q.len(), q.poll_timeout()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// A crash: volatile state is gone, the store keeps what its crash semantics keep.
     pub fn crash(&mut self, ctx: &mut Ctx) -> usize {
         self.up = false;
@@ -207,14 +237,25 @@ impl SimNode {
         offered
     }
 
-    /// Starts a batch when none is in flight, and sends every answer the core has.
+    /// Starts a batch when none is in flight, and sends every answer the core has. `poll_batch`
+    /// looks at up to `batch_max` requests and answers `None` when all of them were duplicates or
+    /// refusals: then it is asked again while requests are queued (the sim offers requests while
+    /// a batch is in flight, so the core's queue can hold more than one batch; the node's driver
+    /// never queues more than `batch_max` at a time).
     pub fn drive(&mut self, ctx: &mut Ctx) {
         let wall_ms = self.wall_ms(ctx.now);
-        let wallet = &self.wallet;
-        let mut index = Index(self.store.live());
-        let batch = self.core.poll_batch(wall_ms, &mut index, |a| {
-            wallet.sign(a.to_message(), &mut sign_rng())
-        });
+        let batch = loop {
+            let wallet = &self.wallet;
+            let mut index = Index(self.store.live());
+            let batch = self.core.poll_batch(wall_ms, &mut index, |a| {
+                wallet.sign(a.to_message(), &mut sign_rng())
+            });
+            let more =
+                self.core.queued() > 0 && self.core.in_flight().is_none() && !self.core.stopped();
+            if batch.is_some() || !more {
+                break batch;
+            }
+        };
         if let Some(batch) = batch {
             let entries = batch
                 .entries

@@ -10,7 +10,7 @@
 #    ping processes (ping chains push 32 times), result reads, slot reads, /metrics scrapes, and
 #    bad requests that must be refused (benches/src/bin/soak-load.rs).
 # 4. Every 10 s: the node's RSS (/proc/PID/status VmRSS), open fds (/proc/PID/fd), push queue
-#    depth and compute backlog (scheduled − computed, from /metrics) go to
+#    depth, messages scheduled and slots computed (from /metrics) and the load average go to
 #    target/soak/soak-<time>.csv.
 # Passes (exit 0) when RSS grows less than 10 % after the warm-up (the first 20 % of the run,
 # at least 2 minutes when the run is longer than 4: growth = highest RSS after the warm-up over
@@ -69,7 +69,7 @@ echo "soak.sh: maximum $max_rate requests/s; soaking at $rate requests/s ($load_
 
 mkdir -p target/soak
 csv="target/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
-echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,compute_backlog,load1" >"$csv"
+echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,load1" >"$csv"
 sample() {
   local elapsed=$1 rss fds metrics depth scheduled computed
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status")
@@ -78,7 +78,7 @@ sample() {
   depth=$(awk '$1 == "ferrobeam_push_queue_depth" {print $2}' <<<"$metrics")
   scheduled=$(awk '$1 == "ferrobeam_messages_scheduled_total" {print $2}' <<<"$metrics")
   computed=$(awk '$1 == "ferrobeam_slots_computed_total" {print $2}' <<<"$metrics")
-  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},$(( ${scheduled:-0} - ${computed:-0} )),$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
+  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
 }
 
 duration_s=$((minutes * 60))
@@ -118,7 +118,6 @@ peak = max((r["rss_kb"] for r in after), default=base)
 growth = (peak - base) / base * 100 if base else 0.0
 fds = [int(r["fds"]) for r in rows]
 depth = [int(r["push_queue_depth"]) for r in rows]
-backlog = [int(r["compute_backlog"]) for r in rows]
 load1 = [r["load1"] for r in rows]
 ok = True
 print(f"soak: samples {len(rows)} every 10 s in {path}")
@@ -134,7 +133,7 @@ else:
     if run["valid_failed"] or run["bad_not_refused"]:
         ok = False
 print(f"soak: RSS warm-up end ({warmup_s:.0f} s) {base/1024:.1f} MiB, highest after {peak/1024:.1f} MiB: growth {growth:+.1f} % (limit 10 %)")
-print(f"soak: open fds min {min(fds)} max {max(fds)}; push queue depth max {max(depth)}; compute backlog max {max(backlog)}; load average {min(load1):.1f}..{max(load1):.1f}")
+print(f"soak: open fds min {min(fds)} max {max(fds)}; push queue depth max {max(depth)}; scheduled {int(rows[-1]['scheduled'])}, computed {int(rows[-1]['computed'])} at the end; load average {min(load1):.1f}..{max(load1):.1f}")
 if growth >= 10:
     ok = False
 if load_status != "0":

@@ -140,6 +140,19 @@ impl QueuedPush {
     }
 }
 
+/// Largest memtable of one keyspace before it is sealed and flushed to a table file (fjall's
+/// default is 64 MiB). Memtables hold every recent write in memory, so this bounds the store's
+/// write memory: at most `KEYSPACES` × this in active memtables (144 MiB), plus sealed ones
+/// while they flush. The soak (docs/RELIABILITY.md) found the default let the node's RSS climb for
+/// minutes (a keyspace of small entries such as `index` takes ~10 minutes at ~2,000 messages/s
+/// to reach 64 MiB). Applies to keyspaces created with it (the setting is stored with each
+/// keyspace).
+pub const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+/// Keyspaces of the store.
+const KEYSPACES: u64 = 9;
+// The active memtables together stay a small part of a node's memory.
+const _: () = assert!(KEYSPACES * MEMTABLE_BYTES_MAX <= 256 << 20);
+
 /// The node's durable state.
 pub struct Store {
     db: Database,
@@ -181,7 +194,11 @@ impl Store {
     /// [`StoreError::Engine`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open()?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let open = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+            })
+        };
         Ok(Self {
             messages: open("messages")?,
             modules: open("modules")?,
@@ -636,6 +653,27 @@ mod tests {
         assert_eq!(store.queued_push(7).unwrap(), None);
         assert_eq!(store.queued_push(8).unwrap(), Some(push(1, None)));
         assert_eq!(store.pushes(&p, 9).unwrap(), Some(b"[1]".to_vec()));
+    }
+
+    #[test]
+    fn memtables_are_flushed_at_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Id([6; 32]);
+        let record = vec![7u8; 64 << 10];
+        // 1.5 × the bound in results: the first memtable must have been sealed (with fjall's
+        // default of 64 MiB it would still be the active one).
+        let records = (MEMTABLE_BYTES_MAX * 3 / 2) / record.len() as u64;
+        for slot in 0..records {
+            store.put_result(&p, slot, &record).unwrap();
+        }
+        let results = &store.results;
+        assert!(
+            results.sealed_memtable_count() + results.table_count() > 0,
+            "no memtable was sealed after {} MiB",
+            (records * record.len() as u64) >> 20
+        );
+        assert_eq!(store.result(&p, records - 1).unwrap(), Some(record));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferrobeam::message::Id;
+use ferrobeam::node::NodeConfig;
 use ferrobeam::node::config::Route;
 use ferrobeam::push::PUSH_DEPTH_MAX;
 use serde_json::Value as Json;
@@ -31,6 +32,29 @@ fn compute(base: &str, process: &Id, slot: u64) -> Json {
     let (status, body) = get(base, &format!("/{process}/compute?slot={slot}")).unwrap();
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// The push record entry `index` of `process`'s `slot` once its target acknowledged it.
+fn delivered(base: &str, process: &Id, slot: u64, index: usize) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = compute(base, process, slot);
+        let entry = &record["pushed"][index];
+        if entry["status"] != "queued" {
+            return entry.clone();
+        }
+        assert!(Instant::now() < deadline, "never delivered: {record}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let (_, text) = get(base, "/metrics").unwrap();
+    text.as_str()
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 fn wait_for_slot(base: &str, process: &Id, slot: u64) {
@@ -131,9 +155,9 @@ fn outbox_messages_reach_a_process_on_another_node() {
     let node_a = InProcessNode::start(config_a);
     let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
     send(&node_a.url(), &alice, &a, &[("peer", &b.to_string())]);
-    let sent = compute(&node_a.url(), &a, 1);
-    assert_eq!(sent["pushed"][0]["node"], node_b.url(), "{sent}");
-    assert_eq!(sent["pushed"][0]["slot"], 1, "{sent}");
+    let sent = delivered(&node_a.url(), &a, 1, 0);
+    assert_eq!(sent["node"], node_b.url(), "{sent}");
+    assert_eq!(sent["slot"], 1, "{sent}");
     let received = compute(&node_b.url(), &b, 1);
     assert_eq!(received["output"], a.to_string());
     // b replies to a, which lives on node A and has no route from B: recorded, not lost silently.
@@ -141,6 +165,81 @@ fn outbox_messages_reach_a_process_on_another_node() {
         received["pushed"][0]["skipped"],
         "no process here and no route to it"
     );
+}
+
+/// Node B (holding process b) on a fixed port, stopped again at once: a target node that is down.
+fn stopped_target(dir: &std::path::Path, alice: &ferrobeam::message::Wallet) -> (NodeConfig, Id) {
+    let mut config_b = config(dir);
+    config_b.http = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node_b = InProcessNode::start(config_b.clone());
+    let b = spawn_wat(&node_b.url(), alice, NOOP_WAT, &[("name", "b")]);
+    drop(node_b);
+    (config_b, b)
+}
+
+/// Node A with a route to b on node B, and process a, which sends to `b` once: a:1 pushes to b.
+fn sender(dir: &std::path::Path, config_b: &NodeConfig, b: Id) -> NodeConfig {
+    let mut config_a = config(dir);
+    config_a.routes = vec![Route {
+        process: b,
+        node: format!("http://{}", config_b.http),
+    }];
+    config_a
+}
+
+/// b's schedule holds exactly one message after its process message: the push, at slot 1.
+fn scheduled_once(base: &str, b: &Id, id: &Json) {
+    let (_, head) = get(base, &format!("/{b}/slot")).unwrap();
+    assert_eq!(head["current"], 1, "{head}");
+    assert_eq!(compute(base, b, 1)["message"], *id);
+}
+
+#[test]
+fn a_push_waits_in_the_queue_while_its_target_node_is_down() {
+    let (dir_a, dir_b) = (tempdir(), tempdir());
+    let alice = wallet(5);
+    let (config_b, b) = stopped_target(dir_b.path(), &alice);
+    let node_a = InProcessNode::start(sender(dir_a.path(), &config_b, b));
+    let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
+    send(&node_a.url(), &alice, &a, &[("peer", &b.to_string())]);
+    let queued = compute(&node_a.url(), &a, 1)["pushed"][0].clone();
+    assert_eq!(queued["status"], "queued", "{queued}");
+    // Longer than the three attempts (~2 s) after which a push used to be given up.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(metric(&node_a.url(), "ferrobeam_push_failures_total") >= 3.0);
+    assert_eq!(metric(&node_a.url(), "ferrobeam_push_queue_depth"), 1.0);
+    assert_eq!(
+        compute(&node_a.url(), &a, 1)["pushed"][0]["status"],
+        "queued"
+    );
+    let node_b = InProcessNode::start(config_b);
+    let entry = delivered(&node_a.url(), &a, 1, 0);
+    assert_eq!(entry["slot"], 1, "{entry}");
+    assert_eq!(entry["id"], queued["id"]);
+    assert_eq!(metric(&node_a.url(), "ferrobeam_push_queue_depth"), 0.0);
+    scheduled_once(&node_b.url(), &b, &queued["id"]);
+}
+
+#[test]
+fn queued_pushes_survive_a_restart_of_the_sending_node() {
+    let (dir_a, dir_b) = (tempdir(), tempdir());
+    let alice = wallet(6);
+    let (config_b, b) = stopped_target(dir_b.path(), &alice);
+    let config_a = sender(dir_a.path(), &config_b, b);
+    let (a, queued) = {
+        let node_a = InProcessNode::start(config_a.clone());
+        let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
+        send(&node_a.url(), &alice, &a, &[("peer", &b.to_string())]);
+        let queued = compute(&node_a.url(), &a, 1)["pushed"][0].clone();
+        assert_eq!(queued["status"], "queued", "{queued}");
+        (a, queued)
+    };
+    let node_b = InProcessNode::start(config_b);
+    let node_a = InProcessNode::start(config_a);
+    let entry = delivered(&node_a.url(), &a, 1, 0);
+    assert_eq!(entry["slot"], 1, "{entry}");
+    assert_eq!(entry["id"], queued["id"]);
+    scheduled_once(&node_b.url(), &b, &queued["id"]);
 }
 
 #[test]
@@ -193,7 +292,7 @@ fn a_trusted_peer_carries_the_source_process_as_sender() {
     let node_a = InProcessNode::start(config_a);
     let a = spawn_wat(&node_a.url(), &alice, PING, &[("name", "a")]);
     send(&node_a.url(), &alice, &a, &[("peer", &who.to_string())]);
-    assert_eq!(compute(&node_a.url(), &a, 1)["pushed"][0]["slot"], 1);
+    assert_eq!(delivered(&node_a.url(), &a, 1, 0)["slot"], 1);
     assert_eq!(compute(&node_b.url(), &who, 1)["output"], a.to_string());
     // A direct message from a user is from the user.
     send(&node_b.url(), &alice, &who, &[("i", "2")]);

@@ -10,7 +10,7 @@ use harness::{Faults, run_seed};
 /// Seeds CI runs on every test run (debug build, 2 cores: well under two minutes together).
 const CI_SEEDS: std::ops::Range<u64> = 0..32;
 /// Seeds that once failed, kept as regression tests (docs/RELIABILITY.md says what each found).
-const REGRESSION_SEEDS: &[u64] = &[2356];
+const REGRESSION_SEEDS: &[u64] = &[2356, 6226, 6947];
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;

@@ -462,6 +462,10 @@ fn draw_tree(tree: &Json, indent: usize, out: &mut String) {
             (None, Some(reason)) => {
                 out.push_str(&format!("{pad}└ {target}: not pushed ({reason})\n"))
             }
+            (None, None) if child["status"] == "queued" => out.push_str(&format!(
+                "{pad}└ {target}: queued for {}\n",
+                child["node"].as_str().unwrap_or("this node")
+            )),
             (None, None) => out.push_str(&format!("{pad}└ {target}: {child}\n")),
         }
     }

@@ -9,11 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Value as Json, json};
 
-use super::pusher::Pusher;
+use super::pusher::{Pushed, Pusher};
 use super::{Computed, metrics::Metrics};
 use crate::execute::{
     EXECUTOR_QUEUE_MAX, Engine, ExecError, Executors, ExecutorsConfig, Job, JobDone, Module,
@@ -27,6 +28,9 @@ use crate::store::{Store, StoreError};
 /// Slots one dispatcher round reads from the store for one process before moving to the next
 /// process (fairness between processes; bounds the work between looks at finished jobs).
 pub const READ_BATCH_MAX: usize = 256;
+/// How often the dispatcher looks again at processes it could not feed (executor queues full,
+/// or paused because too many of their pushes are queued).
+const PUSH_PAUSE_POLL: Duration = Duration::from_millis(50);
 
 /// The newest assigned slot of each process with slots not yet handed to the executors. At most
 /// one entry per process: bounded by the number of processes.
@@ -184,12 +188,20 @@ impl Dispatcher {
         let mut waiting: HashMap<Id, u64> = HashMap::new();
         // Runs for the life of the node: ends when the sequencer (the doorbell's sender) is gone.
         loop {
+            // Processes paused by push backpressure have no event of their own to wake them:
+            // while any process waits, look again every PUSH_PAUSE_POLL.
+            let timeout = if waiting.is_empty() {
+                Duration::from_secs(3_600)
+            } else {
+                PUSH_PAUSE_POLL
+            };
             crossbeam_channel::select! {
                 recv(ring) -> rung => if rung.is_err() { break },
                 recv(done) -> finished => match finished {
                     Ok(finished) => self.finish(finished),
                     Err(_) => break,
                 },
+                default(timeout) => {}
             }
             while let Ok(finished) = done.try_recv() {
                 self.finish(finished);
@@ -229,6 +241,10 @@ impl Dispatcher {
         let next = state.submitted.map_or(0, |s| s + 1);
         if next > state.assigned {
             return true;
+        }
+        // Backpressure: too many of this process's pushes are queued (a peer is down).
+        if self.pusher.get().is_some_and(|p| !p.may_compute(&process)) {
+            return false;
         }
         let room = self.queue_max.saturating_sub(self.inflight_per_core[core]);
         let last = state
@@ -352,8 +368,14 @@ impl Dispatcher {
                 let bytes = serde_json::to_vec(&record).unwrap_or_default();
                 // Spawns name the spawning process's module: they need its definition.
                 let definition = (!outcome.spawns.is_empty()).then(|| state.definition.clone());
-                self.push(done.process, slot, depth, &outcome, definition.as_ref());
-                self.store_result(done.process, slot, &bytes);
+                self.store_computed(
+                    done.process,
+                    slot,
+                    depth,
+                    &outcome,
+                    definition.as_ref(),
+                    &bytes,
+                );
                 if record["error"].is_string() {
                     self.metrics.slot_errors.inc();
                 }
@@ -380,8 +402,55 @@ impl Dispatcher {
         }
     }
 
-    /// Pushes the outbox of a slot whose result is not stored yet (a stored result means its
-    /// pushes were made before it), and records what became of each message.
+    /// Stores a computed slot. A slot without a stored result has its outbox pushed first: local
+    /// pushes are made at once, the others are queued, and the queue entries, the push record and
+    /// the result go to the store in one batch, so a crash keeps all of them or none (then the
+    /// slot is recomputed and pushed again, with the same message ids). A stored result means
+    /// its pushes were made or queued before; a recomputed result must equal it (determinism).
+    fn store_computed(
+        &self,
+        process: Id,
+        slot: u64,
+        depth: i64,
+        outcome: &SlotOutcome,
+        definition: Option<&Message>,
+        result: &[u8],
+    ) {
+        match self.store.result(&process, slot) {
+            Ok(Some(previous)) => {
+                if previous != result {
+                    tracing::error!(%process, slot, "recomputed result differs from the stored one");
+                    self.metrics.replay_mismatches.inc();
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(%process, slot, error = %e, "reading a stored result");
+                return;
+            }
+        }
+        let pushed = self.push(process, slot, depth, outcome, definition);
+        let (record, queued) = match &pushed {
+            Some(pushed) => (
+                Some(serde_json::to_vec(&pushed.record).unwrap_or_default()),
+                &pushed.queued[..],
+            ),
+            None => (None, &[][..]),
+        };
+        if let Err(e) = self
+            .store
+            .put_computed(&process, slot, result, record.as_deref(), queued)
+        {
+            tracing::error!(%process, slot, error = %e, "storing a result");
+            return;
+        }
+        if let (Some(pushed), Some(pusher)) = (pushed, self.pusher.get()) {
+            pusher.enqueued(pushed.queued);
+        }
+    }
+
+    /// Pushes a slot's outbox and spawns; None when it has neither.
     fn push(
         &self,
         process: Id,
@@ -389,42 +458,21 @@ impl Dispatcher {
         depth: i64,
         outcome: &SlotOutcome,
         definition: Option<&Message>,
-    ) {
+    ) -> Option<Pushed> {
         let outbox = &outcome.outbox;
-        if (outbox.is_empty() && outcome.spawns.is_empty())
-            || matches!(self.store.result(&process, slot), Ok(Some(_)))
-        {
-            return;
+        if outbox.is_empty() && outcome.spawns.is_empty() {
+            return None;
         }
         let Some(pusher) = self.pusher.get() else {
             tracing::error!(%process, slot, "outbox computed before the pusher was set");
-            return;
+            return None;
         };
-        let mut record = pusher.push(process, slot, depth, outbox);
-        if let (Some(definition), Json::Array(entries)) = (definition, &mut record) {
+        let mut pushed = pusher.push(process, slot, depth, outbox);
+        if let (Some(definition), Json::Array(entries)) = (definition, &mut pushed.record) {
             entries.extend(pusher.spawn(process, slot, depth, definition, &outcome.spawns));
         }
-        let bytes = serde_json::to_vec(&record).unwrap_or_default();
-        if let Err(e) = self.store.put_pushes(&process, slot, &bytes) {
-            tracing::error!(%process, slot, error = %e, "storing a push record");
-        }
         self.metrics.messages_pushed.inc_by(outbox.len() as u64);
-    }
-
-    /// Stores a result; a recomputed slot must equal what was stored before (determinism).
-    fn store_result(&self, process: Id, slot: u64, bytes: &[u8]) {
-        match self.store.result(&process, slot) {
-            Ok(Some(previous)) if previous != bytes => {
-                tracing::error!(%process, slot, "recomputed result differs from the stored one");
-                self.metrics.replay_mismatches.inc();
-            }
-            Ok(Some(_)) => {}
-            _ => {
-                if let Err(e) = self.store.put_result(&process, slot, bytes) {
-                    tracing::error!(%process, slot, error = %e, "storing a result");
-                }
-            }
-        }
+        Some(pushed)
     }
 }
 

@@ -33,6 +33,15 @@ pub struct Metrics {
     pub processes: Gauge,
     /// Outbox messages handed to push.
     pub messages_pushed: Counter,
+    /// Pushes queued for their target (a peer node, or this node's sequencer while it was
+    /// unavailable), not yet acknowledged.
+    pub push_queue_depth: Gauge,
+    /// Attempts to deliver a queued push.
+    pub push_attempts: Counter,
+    /// Attempts that failed (no answer, or the target unavailable): retried after a backoff.
+    pub push_failures: Counter,
+    /// Queued pushes their target refused for good (recorded in the slot's push record).
+    pub push_refused: Counter,
     /// Recomputed slots whose result differs from the stored one (must stay 0: determinism).
     pub replay_mismatches: Counter,
     /// Open HTTP connections (at most `http-connections-max`).
@@ -69,6 +78,30 @@ impl Metrics {
         let messages_pushed = Counter::default();
         let http_connections = Gauge::default();
         let http_header_timeouts = Counter::default();
+        let push_queue_depth = Gauge::default();
+        let push_attempts = Counter::default();
+        let push_failures = Counter::default();
+        let push_refused = Counter::default();
+        registry.register(
+            "push_queue_depth",
+            "Pushes queued for their target, not yet acknowledged",
+            push_queue_depth.clone(),
+        );
+        registry.register(
+            "push_attempts",
+            "Attempts to deliver a queued push",
+            push_attempts.clone(),
+        );
+        registry.register(
+            "push_failures",
+            "Push attempts that failed and will be retried",
+            push_failures.clone(),
+        );
+        registry.register(
+            "push_refused",
+            "Queued pushes refused for good by their target",
+            push_refused.clone(),
+        );
         registry.register(
             "messages_scheduled",
             "Messages durably scheduled and acknowledged",
@@ -127,8 +160,15 @@ impl Metrics {
             processes,
             replay_mismatches,
             messages_pushed,
+<<<<<<< HEAD
             http_connections,
             http_header_timeouts,
+=======
+            push_queue_depth,
+            push_attempts,
+            push_failures,
+            push_refused,
+>>>>>>> soak
         }
     }
 

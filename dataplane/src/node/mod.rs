@@ -521,8 +521,8 @@ impl SequencerThread {
                 tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
             }
             let ok = committed.is_ok();
-            healthy = ok;
             self.core.handle_committed(batch.id, committed);
+            healthy = !self.core.stopped();
             // Heads are updated before anyone is acknowledged, so a sender that reads the
             // process right after its ack sees its slot.
             if ok {
@@ -547,6 +547,9 @@ fn refused_error(refused: Refused<NodeError>) -> NodeError {
         Refused::Schedule(e) => NodeError::BadRequest(e.to_string()),
         Refused::Lookup(e) => e,
         Refused::CommitFailed(e) => NodeError::Unavailable(format!("commit failed: {e}")),
+        Refused::Stopped => NodeError::Unavailable(
+            "the sequencer stopped after a failed commit; the node must be restarted".into(),
+        ),
     }
 }
 
@@ -876,7 +879,9 @@ impl Node {
             wallet.clone(),
             heads.clone(),
             &config.routes,
-        ));
+            store.clone(),
+            metrics.clone(),
+        )?);
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Bind {

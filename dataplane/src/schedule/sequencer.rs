@@ -17,8 +17,11 @@
 //!
 //! Replies come out only through `poll_reply`, and a request that got a slot is answered only
 //! after `handle_committed(.., Ok)`: an acknowledgement always means "durable". On a failed
-//! commit the scheduler rewinds to its heads from before the batch, so the next batch reuses the
-//! slots, and every sender of the batch gets [`Refused::CommitFailed`].
+//! commit every sender of the batch gets [`Refused::CommitFailed`] and the core fail-stops:
+//! after a failed fsync the store's state is unknown (the batch may or may not be on disk), so
+//! writing on could reuse slots the disk already holds. It makes no further batch, and every
+//! queued and later request gets [`Refused::Stopped`], until the driver restarts it from what
+//! the store holds (a new core over the recovered heads).
 //!
 //! There are no timers: a batch is whatever is queued when the driver asks (group commit
 //! amortizes the fsync over everyone who arrived during the previous one).
@@ -100,6 +103,8 @@ pub enum Refused<E> {
     Lookup(E),
     /// The batch's commit failed; nothing in it is durable. The text is the driver's error.
     CommitFailed(String),
+    /// An earlier commit failed: the core takes no writes until it is restarted.
+    Stopped,
 }
 
 /// An answer for one request.
@@ -156,6 +161,8 @@ pub struct SequencerCore<M, R, E> {
     in_flight: Option<InFlight<R>>,
     replies: VecDeque<Reply<R, E>>,
     next_batch: u64,
+    /// A commit failed: no more batches (see the module docs).
+    stopped: bool,
 }
 
 impl<M, R, E> SequencerCore<M, R, E> {
@@ -174,6 +181,7 @@ impl<M, R, E> SequencerCore<M, R, E> {
             in_flight: None,
             replies: VecDeque::new(),
             next_batch: 0,
+            stopped: false,
         }
     }
 
@@ -192,6 +200,11 @@ impl<M, R, E> SequencerCore<M, R, E> {
         self.queue.len()
     }
 
+    /// True once a commit failed: the core fail-stopped and the driver must restart it.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// The batch waiting for `handle_committed`, if any.
     pub fn in_flight(&self) -> Option<BatchId> {
         self.in_flight.as_ref().map(|b| b.id)
@@ -203,6 +216,11 @@ impl<M, R, E> SequencerCore<M, R, E> {
     /// The request itself when the queue holds [`REQUEST_QUEUE_MAX`]: the driver makes the
     /// sender wait and offers it again (backpressure).
     pub fn handle_request(&mut self, request: Request<M, R>) -> Result<(), Request<M, R>> {
+        if self.stopped {
+            self.replies
+                .push_back((request.reply, Err(Refused::Stopped)));
+            return Ok(());
+        }
         if self.queue.len() >= REQUEST_QUEUE_MAX {
             return Err(request);
         }
@@ -224,7 +242,7 @@ impl<M, R, E> SequencerCore<M, R, E> {
     where
         I: ScheduleIndex<Error = E>,
     {
-        if self.in_flight.is_some() || self.queue.is_empty() {
+        if self.stopped || self.in_flight.is_some() || self.queue.is_empty() {
             return None;
         }
         let taken = self.queue.len().min(self.batch_max);
@@ -284,6 +302,9 @@ impl<M, R, E> SequencerCore<M, R, E> {
         let batch = self.in_flight.take().expect("checked above");
         let failure = committed.err().map(|e| e.to_string());
         if failure.is_some() {
+            // Fail-stop. The heads are rewound all the same, so that what the core says of
+            // them matches what was acknowledged.
+            self.stopped = true;
             // Reverse order: a process touched twice keeps its oldest head.
             for (process, head) in batch.undo.into_iter().rev() {
                 match head {
@@ -298,6 +319,12 @@ impl<M, R, E> SequencerCore<M, R, E> {
                 Some(e) => Err(Refused::CommitFailed(e.clone())),
             };
             self.replies.push_back((reply, answer));
+        }
+        if self.stopped {
+            for request in self.queue.drain(..) {
+                self.replies
+                    .push_back((request.reply, Err(Refused::Stopped)));
+            }
         }
         true
     }
@@ -477,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_rewinds_and_refuses_everyone() {
+    fn a_failed_commit_refuses_everyone_and_stops() {
         let mut core = Core::new(Scheduler::new(), 8);
         let mut index = Index::default();
         core.handle_request(request(1, Target::Spawn, 1)).unwrap();
@@ -489,17 +516,29 @@ mod tests {
         core.handle_request(request(2, p, 2)).unwrap();
         core.handle_request(request(4, Target::Spawn, 3)).unwrap();
         let b = core.poll_batch(1, &mut index, sign).unwrap();
-        let slot = b.entries[0].assignment.clone();
+        core.handle_request(request(5, p, 4)).unwrap();
+        assert!(!core.stopped());
         core.handle_committed(b.id, Err("fsync failed"));
+        assert!(core.stopped());
         let got = replies(&mut core);
-        assert!(got.iter().all(|(_, a)| a.is_err()));
+        assert_eq!(got.len(), 3);
+        let refusal = |i: usize| got[i].1.clone().unwrap_err();
+        assert!(refusal(0).starts_with("CommitFailed"), "{got:?}");
+        assert!(refusal(1).starts_with("CommitFailed"), "{got:?}");
+        assert_eq!(refusal(2), "Stopped", "queued: refused");
         assert!(
             core.scheduler().head(&id(4)).is_none(),
             "the spawn is undone"
         );
-        core.handle_request(request(2, p, 4)).unwrap();
-        let b = core.poll_batch(1, &mut index, sign).unwrap();
-        assert_eq!(b.entries[0].assignment, slot, "the same slot again");
+        // No more writes, whatever arrives.
+        core.handle_request(request(2, p, 6)).unwrap();
+        assert!(core.poll_batch(2, &mut index, sign).is_none());
+        let later = replies(&mut core);
+        assert_eq!(later.len(), 1);
+        assert_eq!(
+            (later[0].0, later[0].1.clone().unwrap_err()),
+            (6, "Stopped".into())
+        );
     }
 
     #[test]

@@ -66,6 +66,93 @@ pub struct Scheduled {
     pub message: Message,
 }
 
+/// An outbox message waiting for its target to acknowledge it (`push-queue` keyspace, keyed by a
+/// sequence number in queue order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedPush {
+    /// The process whose outbox held it.
+    pub process: Id,
+    /// That process's slot.
+    pub slot: u64,
+    /// Its index in the slot's outbox (and in the slot's push record).
+    pub index: u32,
+    /// The target process.
+    pub target: Id,
+    /// The peer node's URL, or None for this node's own sequencer.
+    pub node: Option<String>,
+    /// The message, signed by the node.
+    pub message: Message,
+}
+
+/// Longest peer URL a queued push records (routes are operator configuration).
+pub const PUSH_NODE_URL_BYTES_MAX: usize = 2_048;
+
+impl QueuedPush {
+    fn encode(&self) -> Vec<u8> {
+        let node = self.node.as_deref().unwrap_or("").as_bytes();
+        assert!(
+            node.len() <= PUSH_NODE_URL_BYTES_MAX,
+            "route URLs are checked"
+        );
+        let message = wire::encode(&self.message);
+        let mut out = Vec::with_capacity(78 + node.len() + message.len());
+        out.extend_from_slice(self.process.as_bytes());
+        out.extend_from_slice(&self.slot.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(&(node.len() as u16).to_be_bytes());
+        out.extend_from_slice(node);
+        out.extend_from_slice(message.as_slice());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupted = |reason: &str| StoreError::Corrupted {
+            keyspace: "push-queue",
+            reason: reason.to_owned(),
+        };
+        let id = |at: usize| -> Result<Id, StoreError> {
+            let raw: [u8; 32] = bytes
+                .get(at..at + 32)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupted("short entry"))?;
+            Ok(Id(raw))
+        };
+        let int = |at: usize, n: usize| -> Result<u64, StoreError> {
+            let raw = bytes
+                .get(at..at + n)
+                .ok_or_else(|| corrupted("short entry"))?;
+            Ok(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        };
+        let node_len = int(76, 2)? as usize;
+        let node = bytes
+            .get(78..78 + node_len)
+            .ok_or_else(|| corrupted("short node URL"))?;
+        let node = std::str::from_utf8(node).map_err(|_| corrupted("node URL is not UTF-8"))?;
+        Ok(Self {
+            process: id(0)?,
+            slot: int(32, 8)?,
+            index: int(40, 4)? as u32,
+            target: id(44)?,
+            node: (!node.is_empty()).then(|| node.to_owned()),
+            message: wire::decode(&bytes[78 + node_len..])?,
+        })
+    }
+}
+
+/// Largest memtable of one keyspace before it is sealed and flushed to a table file (fjall's
+/// default is 64 MiB). Memtables hold every recent write in memory, so this bounds the store's
+/// write memory: at most `KEYSPACES` × this in active memtables (144 MiB), plus sealed ones
+/// while they flush. The soak (docs/RELIABILITY.md) found the default let the node's RSS climb for
+/// minutes (a keyspace of small entries such as `index` takes ~10 minutes at ~2,000 messages/s
+/// to reach 64 MiB). Applies to keyspaces created with it (the setting is stored with each
+/// keyspace).
+pub const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+/// Keyspaces of the store.
+const KEYSPACES: u64 = 9;
+// The active memtables together stay a small part of a node's memory.
+const _: () = assert!(KEYSPACES * MEMTABLE_BYTES_MAX <= 256 << 20);
+
 /// The node's durable state.
 pub struct Store {
     db: Database,
@@ -75,6 +162,7 @@ pub struct Store {
     index: Keyspace,
     results: Keyspace,
     pushes: Keyspace,
+    push_queue: Keyspace,
     snapshots: Keyspace,
     assets: Keyspace,
 }
@@ -106,7 +194,11 @@ impl Store {
     /// [`StoreError::Engine`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open()?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let open = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+            })
+        };
         Ok(Self {
             messages: open("messages")?,
             modules: open("modules")?,
@@ -114,6 +206,7 @@ impl Store {
             index: open("index")?,
             results: open("results")?,
             pushes: open("pushes")?,
+            push_queue: open("push-queue")?,
             snapshots: open("snapshots")?,
             assets: open("assets")?,
             db,
@@ -264,14 +357,97 @@ impl Store {
         Ok(())
     }
 
-    /// Stores what a slot's outbox became (the push record, JSON), durably: it is written after
-    /// the pushes are scheduled and before the slot's result, so a crash in between re-pushes
-    /// (idempotently) on recovery.
+    /// Stores what computing a slot produced, in one atomic batch: its result record, its push
+    /// record (when the outbox was not empty) and the pushes still to be made (`queued`, by
+    /// sequence number). Not synced by itself, like results: a crash loses all of it or none,
+    /// and a lost result is recomputed and its pushes planned again (same ids, deduplicated).
     ///
     /// # Errors
     /// [`StoreError::Engine`].
-    pub fn put_pushes(&self, process: &Id, slot: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.pushes.insert(slot_key(process, slot), record)?;
+    pub fn put_computed(
+        &self,
+        process: &Id,
+        slot: u64,
+        result: &[u8],
+        pushes: Option<&[u8]>,
+        queued: &[(u64, QueuedPush)],
+    ) -> Result<(), StoreError> {
+        let key = slot_key(process, slot);
+        let mut writes = self.db.batch();
+        for (seq, push) in queued {
+            writes.insert(&self.push_queue, seq.to_be_bytes(), push.encode());
+        }
+        if let Some(record) = pushes {
+            writes.insert(&self.pushes, key, record);
+        }
+        writes.insert(&self.results, key, result);
+        writes.commit()?;
+        Ok(())
+    }
+
+    /// Every queued push, in queue order (for the pusher at start).
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`], or [`StoreError::Corrupted`].
+    pub fn queued_pushes(&self) -> Result<Vec<(u64, QueuedPush)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.push_queue.iter() {
+            let (key, bytes) = item.into_inner()?;
+            let seq: [u8; 8] = key[..].try_into().map_err(|_| StoreError::Corrupted {
+                keyspace: "push-queue",
+                reason: "key is not a sequence number".into(),
+            })?;
+            out.push((u64::from_be_bytes(seq), QueuedPush::decode(&bytes)?));
+        }
+        Ok(out)
+    }
+
+    /// The queued push `seq`, if it is still queued.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`], or [`StoreError::Corrupted`].
+    pub fn queued_push(&self, seq: u64) -> Result<Option<QueuedPush>, StoreError> {
+        match self.push_queue.get(seq.to_be_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(QueuedPush::decode(&bytes)?)),
+        }
+    }
+
+    /// The sequence number after the last queued push (0 when none is queued).
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn push_seq_next(&self) -> Result<u64, StoreError> {
+        match self.push_queue.iter().next_back() {
+            None => Ok(0),
+            Some(item) => {
+                let key = item.key()?;
+                let seq: [u8; 8] = key[..].try_into().map_err(|_| StoreError::Corrupted {
+                    keyspace: "push-queue",
+                    reason: "key is not a sequence number".into(),
+                })?;
+                Ok(u64::from_be_bytes(seq) + 1)
+            }
+        }
+    }
+
+    /// Removes queued push `seq` (its target acknowledged or refused it) and stores the updated
+    /// push record of its slot, in one batch. Not synced: if a crash brings the entry back, it is
+    /// sent again and the target answers with the original acknowledgement.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn finish_push(
+        &self,
+        seq: u64,
+        process: &Id,
+        slot: u64,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut writes = self.db.batch();
+        writes.remove(&self.push_queue, seq.to_be_bytes());
+        writes.insert(&self.pushes, slot_key(process, slot), record);
+        writes.commit()?;
         Ok(())
     }
 
@@ -442,5 +618,75 @@ mod tests {
         store.put_result(&p, 4, b"{}").unwrap();
         store.put_result(&p, 7, b"{}").unwrap();
         assert_eq!(store.last_result_slot(&p).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn queued_pushes_survive_reopen_in_order_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Id([4; 32]);
+        let push = |index: u32, node: Option<&str>| QueuedPush {
+            process: p,
+            slot: 9,
+            index,
+            target: Id([5; 32]),
+            node: node.map(str::to_owned),
+            message: Message::new().with("n", i64::from(index)),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.push_seq_next().unwrap(), 0);
+            let queued = [(7, push(0, Some("http://peer:1"))), (8, push(1, None))];
+            store
+                .put_computed(&p, 9, b"{\"r\":1}", Some(b"[]"), &queued)
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.result(&p, 9).unwrap(), Some(b"{\"r\":1}".to_vec()));
+        let queued = store.queued_pushes().unwrap();
+        assert_eq!(
+            queued,
+            vec![(7, push(0, Some("http://peer:1"))), (8, push(1, None))]
+        );
+        assert_eq!(store.push_seq_next().unwrap(), 9);
+        store.finish_push(7, &p, 9, b"[1]").unwrap();
+        assert_eq!(store.queued_push(7).unwrap(), None);
+        assert_eq!(store.queued_push(8).unwrap(), Some(push(1, None)));
+        assert_eq!(store.pushes(&p, 9).unwrap(), Some(b"[1]".to_vec()));
+    }
+
+    #[test]
+    fn memtables_are_flushed_at_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Id([6; 32]);
+        let record = vec![7u8; 64 << 10];
+        // 1.5 × the bound in results: the first memtable must have been sealed (with fjall's
+        // default of 64 MiB it would still be the active one).
+        let records = (MEMTABLE_BYTES_MAX * 3 / 2) / record.len() as u64;
+        for slot in 0..records {
+            store.put_result(&p, slot, &record).unwrap();
+        }
+        let results = &store.results;
+        assert!(
+            results.sealed_memtable_count() + results.table_count() > 0,
+            "no memtable was sealed after {} MiB",
+            (records * record.len() as u64) >> 20
+        );
+        assert_eq!(store.result(&p, records - 1).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_corrupted_queued_push_is_an_error() {
+        assert!(matches!(
+            QueuedPush::decode(&[0; 40]),
+            Err(StoreError::Corrupted {
+                keyspace: "push-queue",
+                ..
+            })
+        ));
+        let mut bytes = vec![0; 78];
+        bytes[77] = 200; // a node URL longer than the entry
+        assert!(QueuedPush::decode(&bytes).is_err());
     }
 }

@@ -7,11 +7,13 @@
 //! jumps to the next event. Nothing reads the OS clock or OS randomness, and every map the run
 //! iterates is ordered, so a seed replays exactly (`FERROBEAM_SEED=N`).
 //!
-//! What is real: the sequencer core (`schedule::sequencer`), the `Scheduler`, signing (Ed25519 is
-//! deterministic), wasmtime `Instance`s with snapshots and restore, the push plan, result records.
-//! What is simulated: the store (`SimStore`, with crash semantics), the network (`send`), the
-//! clock, the executors' speed, the clients. The drivers in `node` mirror `ferrobeam::node`
-//! (group commit, ack after commit, push before result, restore from the newest snapshot).
+//! What is real: the sequencer core (`schedule::sequencer`, with its fail-stop after a failed
+//! commit), the `Scheduler`, signing (Ed25519 is deterministic), wasmtime `Instance`s with
+//! snapshots and restore, the push plan and the per-peer push queue (`push::PeerQueue`), result
+//! records. What is simulated: the store (`SimStore`, with crash semantics and injected fsync
+//! failures), the network (`send`), the clock, the executors' speed, the clients. The drivers in
+//! `node` mirror `ferrobeam::node` (group commit, ack after commit, local pushes before the
+//! result, pushes to other nodes queued in the result's batch, restore from the newest snapshot).
 //!
 //! A run has a safety phase (faults on) and a liveness phase: at `safety_ms` faults stop, every
 //! node is up and the network heals; everything pending (client requests, pushes, compute) must
@@ -41,16 +43,24 @@ pub const EVENTS_MAX: u64 = 2_000_000;
 /// Simulated time the liveness phase may take: after faults stop, every pending client request,
 /// push and slot completes within it. The worst healthy case is a ping-pong chain of
 /// `PUSH_DEPTH_MAX` (32) hops, each a network round trip (≤ 2 × 205 ms), a commit (≤ 10 ms) and
-/// a slot (≤ 5 ms), ~14 s, started after a client retry (≤ 500 ms) and a full executor
-/// backlog; 60 s leaves room and still catches a stuck push (its retry never succeeds).
+/// a slot (≤ 5 ms), ~14 s, started after a client retry (≤ 500 ms), a full executor backlog,
+/// and a queued push whose attempt was lost just before the heal (its timeout, 5 s, then at most
+/// the longest backoff, 10 s); 60 s leaves room and still catches a stuck push.
 pub const LIVENESS_MS_MAX: u64 = 60_000;
+/// Largest rate error of a node's clock, in parts per million (0.1 %: far worse than NTP).
+pub const CLOCK_SKEW_PPM_MAX: i64 = 1_000;
 /// A client re-sends an unanswered request after this long.
 pub const CLIENT_RETRY_MS: u64 = 500;
-/// A node re-sends an unanswered push after this long (the sim's pusher retries forever).
+/// A node offers a local push again after this long when its core's queue was full.
 pub const PUSH_RETRY_MS: u64 = 300;
+/// An attempt at a queued push fails after this long without an answer (the node's HTTP
+/// client timeout, `node::pusher::PEER_TIMEOUT`).
+pub const PEER_TIMEOUT_MS: u64 = ferrobeam::node::pusher::PEER_TIMEOUT.as_millis() as u64;
 
 const _: () = assert!(CLIENT_RETRY_MS < LIVENESS_MS_MAX / 10);
 const _: () = assert!(PUSH_RETRY_MS < LIVENESS_MS_MAX / 10);
+// A push lost just before the heal is retried within a timeout and the longest backoff.
+const _: () = assert!(PEER_TIMEOUT_MS + ferrobeam::push::PUSH_BACKOFF_MS_MAX < LIVENESS_MS_MAX / 3);
 
 pub const COUNTER_WAT: &str = include_str!("../../../examples/counter.wat");
 pub const TOKEN_WAT: &str = include_str!("../../../examples/token.wat");
@@ -77,6 +87,12 @@ pub struct Options {
     pub batch_max: usize,
     pub safety_ms: u64,
     pub ping_pct: u32,
+    /// Group commits whose fsync fails (each on a random node at a random moment).
+    pub commit_failures: u32,
+    /// Bound of the nodes' wall-clock error: each node's clock is off by up to this much (drawn
+    /// again at every restart: a clock step, possibly backwards) and runs fast or slow by up to
+    /// `CLOCK_SKEW_PPM_MAX`.
+    pub clock_error_ms_max: u64,
 }
 
 impl Options {
@@ -99,6 +115,9 @@ impl Options {
             batch_max: rng.gen_range(1..=16),
             safety_ms: rng.gen_range(2_000..=10_000),
             ping_pct: rng.gen_range(0..=15),
+            // Drawn last: the rest of a seed's mix is what it was before this fault existed.
+            commit_failures: *[0, 0, 1, 2].choose(rng).expect("nonempty"),
+            clock_error_ms_max: *[0, 0, 100, 5_000].choose(rng).expect("nonempty"),
         }
     }
 }
@@ -113,6 +132,7 @@ pub struct Faults {
     pub packets_to_down_nodes: u64,
     pub partitions: u64,
     pub crashes: u64,
+    pub commit_failures: u64,
     pub journal_entries_lost: u64,
     pub slow_jobs: u64,
     pub restores: u64,
@@ -130,6 +150,7 @@ impl Faults {
         self.packets_to_down_nodes += o.packets_to_down_nodes;
         self.partitions += o.partitions;
         self.crashes += o.crashes;
+        self.commit_failures += o.commit_failures;
         self.journal_entries_lost += o.journal_entries_lost;
         self.slow_jobs += o.slow_jobs;
         self.restores += o.restores;
@@ -156,8 +177,16 @@ pub struct PushKey {
 /// Who asked, carried in a request and echoed in its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
-    Client { client: usize, request: u64 },
-    Push(PushKey),
+    Client {
+        client: usize,
+        request: u64,
+    },
+    /// An attempt at a queued push (epoch: of the sending node; stale answers are ignored).
+    Queued {
+        seq: u64,
+        epoch: u64,
+        attempt: u64,
+    },
     Bootstrap,
 }
 
@@ -209,10 +238,24 @@ pub enum Event {
         epoch: u64,
         key: PushKey,
     },
+    PushTimeout {
+        node: usize,
+        epoch: u64,
+        seq: u64,
+        attempt: u64,
+    },
+    PushWake {
+        node: usize,
+        epoch: u64,
+    },
     ClientTick {
         client: usize,
     },
     Crash {
+        node: usize,
+    },
+    /// The node's next group commit fails its fsync.
+    FailCommit {
         node: usize,
     },
     Restart {
@@ -383,6 +426,7 @@ impl Sim {
                     wallet("node", seed, i),
                     options.snapshot_interval,
                     options.batch_max,
+                    options.clock_error_ms_max,
                 )
             })
             .collect();
@@ -416,6 +460,9 @@ impl Sim {
             cut: BTreeSet::new(),
             events_run: 0,
         };
+        for node in 0..sim.nodes.len() {
+            sim.nodes[node].set_clock(&mut sim.rng);
+        }
         sim.spawn_processes();
         sim.plan_faults();
         for client in 0..sim.clients.len() {
@@ -463,6 +510,11 @@ impl Sim {
             let at = self.rng.gen_range(1..safety);
             let node = self.rng.gen_range(0..self.nodes.len());
             self.at(at, Event::Crash { node });
+        }
+        for _ in 0..self.options.commit_failures {
+            let at = self.rng.gen_range(1..safety);
+            let node = self.rng.gen_range(0..self.nodes.len());
+            self.at(at, Event::FailCommit { node });
         }
         for _ in 0..self.options.partitions {
             let at = self.rng.gen_range(1..safety);
@@ -592,7 +644,11 @@ impl Sim {
             Event::Deliver(packet) => self.deliver(packet),
             Event::CommitDone { node, epoch, batch } => {
                 if self.live(node, epoch) {
-                    self.with_node(node, |n, ctx| n.commit_done(ctx, batch));
+                    let mut stopped = false;
+                    self.with_node(node, |n, ctx| stopped = n.commit_done(ctx, batch));
+                    if stopped {
+                        self.fail_stop(node);
+                    }
                 }
             }
             Event::ComputeDone {
@@ -609,8 +665,28 @@ impl Sim {
                     self.with_node(node, |n, ctx| n.push_retry(ctx, key));
                 }
             }
+            Event::PushTimeout {
+                node,
+                epoch,
+                seq,
+                attempt,
+            } => {
+                if self.live(node, epoch) {
+                    self.with_node(node, |n, ctx| n.push_timeout(ctx, seq, attempt));
+                }
+            }
+            Event::PushWake { node, epoch } => {
+                if self.live(node, epoch) {
+                    self.with_node(node, |n, ctx| n.pump(ctx));
+                }
+            }
             Event::ClientTick { client } => self.client_tick(client),
             Event::Crash { node } => self.crash(node),
+            Event::FailCommit { node } => {
+                if self.faults_on && self.nodes[node].up {
+                    self.nodes[node].fail_next_commit = true;
+                }
+            }
             Event::Restart { node } => self.restart(node),
             Event::Partition { a, b, on } => {
                 if on && self.faults_on {
@@ -641,6 +717,18 @@ impl Sim {
             return;
         }
         self.faults.crashes += 1;
+        let mut lost = 0;
+        self.with_node(node, |n, ctx| lost = n.crash(ctx));
+        self.faults.journal_entries_lost += lost as u64;
+        let downtime = self.rng.gen_range(1..=self.options.downtime_ms_max);
+        self.at(self.now + downtime, Event::Restart { node });
+    }
+
+    /// The node's core fail-stopped after a failed commit: the node goes down (what the store
+    /// keeps is what a crash keeps: the failed batch may or may not be on disk) and is restarted
+    /// after a downtime, recovering from what the store holds.
+    fn fail_stop(&mut self, node: usize) {
+        self.faults.commit_failures += 1;
         let mut lost = 0;
         self.with_node(node, |n, ctx| lost = n.crash(ctx));
         self.faults.journal_entries_lost += lost as u64;
@@ -775,7 +863,7 @@ impl Sim {
         };
         let ack = match answer {
             Ok(ack) => ack,
-            Err(e) if e.contains("CommitFailed") => return,
+            Err(e) if unavailable(&e) => return,
             Err(e) => {
                 self.failures
                     .push(format!("client {client} request {request} refused: {e}"));
@@ -810,11 +898,11 @@ impl Sim {
 
     fn pending(&self) -> String {
         let requests: usize = self.clients.iter().map(|c| c.outstanding.len()).sum();
-        let busy: Vec<usize> = self
+        let busy: Vec<String> = self
             .nodes
             .iter()
             .filter(|n| !n.idle())
-            .map(|n| n.index)
+            .map(|n| n.busy())
             .collect();
         format!("{requests} client requests outstanding, nodes not idle: {busy:?}")
     }
@@ -841,6 +929,12 @@ impl Sim {
             digest: hex::encode(&digest.finalize()[..8]),
         }
     }
+}
+
+/// A refusal that means "the node cannot take writes now" (a 503 on the node): a failed commit,
+/// or a core stopped after one. The sender retries.
+pub fn unavailable(refusal: &str) -> bool {
+    refusal.starts_with("CommitFailed") || refusal == "Stopped"
 }
 
 /// Runs one seed; on failure the error names the seed and how to replay it.

@@ -19,12 +19,27 @@ use rand::rngs::StdRng;
 pub enum Write {
     /// A group commit: (assignment, signed assignment, message) per slot.
     Batch(Vec<(Assignment, Message, Message)>),
-    /// A slot's result record (not synced by itself: recomputable).
-    Result(Id, u64, Vec<u8>),
-    /// A slot's push record, written after its pushes were acknowledged, before its result.
-    Pushes(Id, u64, Vec<u8>),
+    /// A computed slot, in one batch as `Store::put_computed`: its result record (None when one
+    /// is stored already), its push record, and the pushes queued for other nodes.
+    Computed {
+        process: Id,
+        slot: u64,
+        result: Option<Vec<u8>>,
+        pushes: Option<Vec<u8>>,
+        queued: Vec<(u64, Queued)>,
+    },
+    /// A queued push its target acknowledged leaves the queue (`Store::finish_push`).
+    Dequeue(u64),
     /// A snapshot after a slot (older ones of the process are dropped).
     Snapshot(Id, u64, Vec<u8>),
+}
+
+/// A queued push (`store::QueuedPush`): to the node `home`, by sequence number.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub target: Id,
+    pub home: usize,
+    pub message: Message,
 }
 
 /// The keyspaces, as plain ordered maps.
@@ -35,6 +50,7 @@ pub struct Tables {
     pub index: BTreeMap<Id, (Id, u64)>,
     pub results: BTreeMap<(Id, u64), Vec<u8>>,
     pub pushes: BTreeMap<(Id, u64), Vec<u8>>,
+    pub queue: BTreeMap<u64, Queued>,
     pub snapshots: BTreeMap<(Id, u64), Vec<u8>>,
     /// Each process's head (kept by `apply`, as `Store::heads` reads it back).
     pub heads: BTreeMap<Id, ProcessHead>,
@@ -53,11 +69,26 @@ impl Tables {
                     self.heads.insert(key.0, ProcessHead::after(assignment));
                 }
             }
-            Write::Result(p, s, bytes) => {
-                self.results.insert((*p, *s), bytes.clone());
+            Write::Computed {
+                process,
+                slot,
+                result,
+                pushes,
+                queued,
+            } => {
+                let key = (*process, *slot);
+                if let Some(result) = result {
+                    self.results.insert(key, result.clone());
+                }
+                if let Some(pushes) = pushes {
+                    self.pushes.insert(key, pushes.clone());
+                }
+                for (seq, push) in queued {
+                    self.queue.insert(*seq, push.clone());
+                }
             }
-            Write::Pushes(p, s, bytes) => {
-                self.pushes.insert((*p, *s), bytes.clone());
+            Write::Dequeue(seq) => {
+                self.queue.remove(seq);
             }
             Write::Snapshot(p, s, bytes) => {
                 self.snapshots.insert((*p, *s), bytes.clone());

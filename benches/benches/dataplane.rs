@@ -3,8 +3,9 @@
 //! - `frame-encode/<size>`: framing a wire message (header, copy, padding) into a reused buffer;
 //! - `frame-access/<size>`: the node's side: incremental parse into the 16-byte aligned buffer,
 //!   then validated `wire::access` of the archive in place (never unchecked);
-//! - `quic-bulk/tokio/<size>`: bulk frames over one loopback connection, one stream, 64 frames
-//!   in flight, to a real node (quinn on tokio both sides), timed until every frame is acked;
+//! - `quic-bulk/<backend>/<size>`: bulk frames over one loopback connection, one stream, 64
+//!   frames in flight, to a real node on each backend (`tokio`, `s2n`; the client is quinn on
+//!   tokio), timed until every frame is acked;
 //! - `ingest/messages-1KiB`: signed 1 KiB messages over QUIC to a real node, timed from the
 //!   first write to the last durable ack (validation, batch verification, sequencer, fsync).
 //!
@@ -21,7 +22,7 @@ use common::{KIB, signed_messages};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferrobeam::ingress::client::{QuicClient, bulk_frame, message_frame};
 use ferrobeam::ingress::frame::{self, Event, FrameReader, Kind};
-use ferrobeam::ingress::{Reply, frame::AlignedFrame};
+use ferrobeam::ingress::{Reply, TransportKind, frame::AlignedFrame};
 use ferrobeam::message::{Address, Id, Message, wire};
 use ferrobeam::node::{Node, NodeConfig, module_message};
 
@@ -78,7 +79,7 @@ struct BenchNode {
 }
 
 impl BenchNode {
-    fn start() -> Self {
+    fn start(transport: TransportKind) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let wasm = wat::parse_str(NOOP_WAT).expect("bench module");
         let module = module_message(&wasm).unsigned_id();
@@ -91,6 +92,7 @@ impl BenchNode {
             data_dir: dir.path().to_owned(),
             http: "127.0.0.1:0".parse().expect("address"),
             quic: Some("127.0.0.1:0".parse().expect("address")),
+            transport,
             exec_cores: 1,
             ingress_cores: 1,
             ..NodeConfig::default()
@@ -165,24 +167,32 @@ async fn pipeline(client: &QuicClient, frames: Vec<Arc<Vec<u8>>>) -> Duration {
 }
 
 fn quic(c: &mut Criterion) {
-    let node = BenchNode::start();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let client = runtime
-        .block_on(QuicClient::connect(node.quic, node.address))
-        .expect("connects");
     let mut group = c.benchmark_group("dataplane");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    for (label, size) in [("64KiB", 64 * KIB), ("1MiB", 1024 * KIB)] {
-        let frame = Arc::new(bulk_frame(size));
-        group.throughput(Throughput::Bytes(size as u64));
-        group.bench_function(format!("quic-bulk/tokio/{label}"), |b| {
-            b.iter_custom(|iters| {
-                let frames = (0..iters).map(|_| frame.clone()).collect();
-                runtime.block_on(pipeline(&client, frames))
-            })
-        });
+    for kind in TransportKind::ALL {
+        let node = BenchNode::start(*kind);
+        let client = runtime
+            .block_on(QuicClient::connect(node.quic, node.address))
+            .expect("connects");
+        for (label, size) in [("64KiB", 64 * KIB), ("1MiB", 1024 * KIB)] {
+            let frame = Arc::new(bulk_frame(size));
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_function(format!("quic-bulk/{}/{label}", kind.name()), |b| {
+                b.iter_custom(|iters| {
+                    let frames = (0..iters).map(|_| frame.clone()).collect();
+                    runtime.block_on(pipeline(&client, frames))
+                })
+            });
+        }
+        runtime.block_on(client.close());
     }
+    // Message ingest on the default backend.
+    let node = BenchNode::start(TransportKind::default());
+    let client = runtime
+        .block_on(QuicClient::connect(node.quic, node.address))
+        .expect("connects");
     // One process to send to, spawned over QUIC.
     let owner = common::wallet(9);
     let spawn = owner.sign(

@@ -108,6 +108,9 @@ impl QuicClient {
                 .map_err(|_| ClientError::Connect("bad local".into()))?
         };
         let socket = std::net::UdpSocket::bind(local).map_err(ClientError::Bind)?;
+        let socket = socket2::Socket::from(socket);
+        super::tokio::set_buffers(&socket);
+        let socket = std::net::UdpSocket::from(socket);
         let mut endpoint = quinn::Endpoint::new(
             endpoint_config(max_udp_payload),
             None,

@@ -48,6 +48,10 @@ pub const INGRESS_CORES_MAX: usize = 64;
 /// Default largest UDP payload of a QUIC packet: 1500-byte Ethernet less IPv6 and UDP headers,
 /// the size quinn's MTU discovery stops at. Jumbo-frame links take up to `UDP_PAYLOAD_BYTES_MAX`.
 pub const UDP_PAYLOAD_BYTES_DEFAULT: u16 = 1452;
+/// UDP socket send and receive buffers asked for (the kernel caps them at `net.core.rmem_max` /
+/// `wmem_max`). The 208 KiB default overflows on loopback while a receiver is descheduled, and
+/// the losses make MTU discovery fall back to 1200-byte packets (black-hole detection).
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Smallest UDP payload QUIC allows (RFC 9000 §14: every path carries 1200-byte datagrams).
 pub const UDP_PAYLOAD_BYTES_MIN: u16 = 1200;
 /// Largest configurable UDP payload: a 9000-byte jumbo frame less IPv6 and UDP headers.

@@ -160,11 +160,18 @@ pub(super) fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::U
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
+    set_buffers(&socket);
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks for [`super::SOCKET_BUFFER_BYTES`] of socket buffers; best effort (the kernel caps them).
+pub(super) fn set_buffers(socket: &socket2::Socket) {
+    let _ = socket.set_recv_buffer_size(super::SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(super::SOCKET_BUFFER_BYTES);
 }
 
 /// Decrements the open-connection gauge when a connection task ends, however it ends.

@@ -4,8 +4,8 @@
 //! - `frame-access/<size>`: the node's side: incremental parse into the 16-byte aligned buffer,
 //!   then validated `wire::access` of the archive in place (never unchecked);
 //! - `quic-bulk/<backend>/<size>`: bulk frames over one loopback connection, one stream, 64
-//!   frames in flight, to a real node on each backend (`uring`, `tokio`; the client is quinn on
-//!   tokio), timed until every frame is acked;
+//!   frames in flight, to a real node on each backend (`uring`, `tokio`, `s2n`; the client is
+//!   quinn on tokio), timed until every frame is acked;
 //! - `ingest/<backend>/messages-1KiB`: signed 1 KiB messages over QUIC to a real node, timed
 //!   from the first write to the last durable ack (validation, batch verification, sequencer,
 //!   fsync).
@@ -168,21 +168,21 @@ async fn pipeline(client: &QuicClient, frames: Vec<Arc<Vec<u8>>>) -> Duration {
 }
 
 fn quic(c: &mut Criterion) {
-    for transport in [TransportKind::Uring, TransportKind::Tokio] {
-        quic_on(c, transport);
+    for kind in TransportKind::ALL {
+        quic_on(c, *kind);
     }
 }
 
-fn quic_on(c: &mut Criterion, transport: TransportKind) {
-    let name = transport.name();
-    let node = BenchNode::start(transport);
+fn quic_on(c: &mut Criterion, kind: TransportKind) {
+    let name = kind.name();
+    let node = BenchNode::start(kind);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let client = runtime
-        .block_on(QuicClient::connect(node.quic, node.address))
-        .expect("connects");
     let mut group = c.benchmark_group("dataplane");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
+    let client = runtime
+        .block_on(QuicClient::connect(node.quic, node.address))
+        .expect("connects");
     for (label, size) in [("64KiB", 64 * KIB), ("1MiB", 1024 * KIB)] {
         let frame = Arc::new(bulk_frame(size));
         group.throughput(Throughput::Bytes(size as u64));

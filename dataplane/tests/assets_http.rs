@@ -375,7 +375,9 @@ fn executor_cores_are_allocated_to_the_node_and_follow_restarts() {
     let (_, list) = get(&node.url(), "/~assets@1.0/list").unwrap();
     let after = executor_allocations(&list);
     assert_eq!(after.len(), 1);
-    let first_cpu = ferrobeam::execute::pin_plan(1)[0].id;
+    // The executor's CPU is the node's core plan's (after the ingress's), as info reports it.
+    let (_, info) = get(&node.url(), "/~meta@1.0/info").unwrap();
+    let first_cpu = info["cores"]["exec"][0].as_u64().expect("cores in info");
     assert!(
         after[0].0.starts_with(&format!("cpu-core:{first_cpu}:")),
         "{after:?}"

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// (default: the node's /metrics).
     #[arg(long)]
     node_pid: Option<u32>,
+    /// Largest QUIC packet the client allows, in UDP payload bytes (MTU discovery's upper
+    /// bound; the node's `--quic-max-udp-payload` bounds it too): 1452, or 8952 for jumbo.
+    #[arg(long, default_value_t = ferrobeam::ingress::UDP_PAYLOAD_BYTES_DEFAULT)]
+    max_udp_payload: u16,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -135,7 +139,15 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
     let lanes = args.connections * args.streams;
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        clients.push(Arc::new(QuicClient::connect(addr, node).await?));
+        clients.push(Arc::new(
+            QuicClient::connect_tuned(
+                addr,
+                node,
+                ferrobeam::ingress::client::KEEP_ALIVE_DEFAULT,
+                args.max_udp_payload,
+            )
+            .await?,
+        ));
     }
     let mut work: Vec<Lane> = match args.mode {
         Mode::Bulk => {
@@ -194,12 +206,17 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
         .await
         .zip(node_cpu_before)
         .map(|(after, before)| after - before);
+    // The packet size MTU discovery reached: what the run really used.
+    let path_mtu = clients
+        .iter()
+        .map(|client| client.connection().stats().path.current_mtu)
+        .max();
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;
         }
     }
-    Ok(report(
+    let mut report = report(
         args,
         &transport,
         size,
@@ -208,7 +225,10 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
         latencies_us,
         client_cpu,
         node_cpu,
-    ))
+    );
+    report["max-udp-payload"] = json!(args.max_udp_payload);
+    report["path-udp-payload"] = json!(path_mtu);
+    Ok(report)
 }
 
 /// One stream's work.
@@ -454,6 +474,7 @@ fn report(
     json!({
         "mode": format!("{:?}", args.mode).to_ascii_lowercase(),
         "transport": transport,
+        "client": "quinn",
         "connections": args.connections,
         "streams": args.streams,
         "size": size,
@@ -487,7 +508,7 @@ fn human(report: &Json) -> String {
          CPU s/GB      client {}  node {}\n\
          busy cores    {}   → {} Gbit/s per busy core",
         report["mode"].as_str().unwrap_or("?"),
-        report["transport"].as_str().unwrap_or("?"),
+        report["client"].as_str().unwrap_or("?"),
         report["connections"],
         report["streams"],
         report["size"],

@@ -84,12 +84,18 @@ struct NodeArgs {
     /// QUIC ingress listen address (UDP), e.g. 127.0.0.1:8735 (docs/dataplane.md).
     #[arg(long, env = "FERROBEAM_QUIC")]
     quic: Option<std::net::SocketAddr>,
-    /// QUIC backend: uring (default on Linux; tokio where io_uring is unavailable) or tokio.
+    /// QUIC backend: uring (default on Linux; tokio where io_uring is unavailable), tokio or s2n.
     #[arg(long, env = "FERROBEAM_TRANSPORT")]
     transport: Option<ferrobeam::ingress::TransportKind>,
-    /// Ingress threads (0: half the cores).
+    /// Ingress threads, pinned (0: a quarter of the physical cores, at least 1).
     #[arg(long, env = "FERROBEAM_INGRESS_CORES")]
     ingress_cores: Option<usize>,
+    /// Executor threads, pinned (0: the physical cores the ingress leaves, at least 1).
+    #[arg(long, env = "FERROBEAM_EXEC_CORES")]
+    exec_cores: Option<usize>,
+    /// Largest QUIC packet, in UDP payload bytes (1452; up to 8952 for jumbo frames).
+    #[arg(long, env = "FERROBEAM_QUIC_MAX_UDP_PAYLOAD")]
+    quic_max_udp_payload: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -243,6 +249,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     }
     if let Some(cores) = args.ingress_cores {
         config.ingress_cores = cores;
+    }
+    if let Some(cores) = args.exec_cores {
+        config.exec_cores = cores;
+    }
+    if let Some(bytes) = args.quic_max_udp_payload {
+        config.quic_max_udp_payload = bytes;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

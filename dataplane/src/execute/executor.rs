@@ -51,6 +51,8 @@ pub struct ExecutorsConfig {
     /// Live instances per core; `None` divides the engine's pool evenly among the cores, so
     /// instantiation never fails for lack of pool slots.
     pub live_max: Option<usize>,
+    /// The logical CPU of each thread (`cores` entries); `None`: [`pin_plan`].
+    pub pinned: Option<Vec<usize>>,
 }
 
 impl ExecutorsConfig {
@@ -61,6 +63,7 @@ impl ExecutorsConfig {
             queue_max: EXECUTOR_QUEUE_MAX,
             snapshot_interval: SNAPSHOT_INTERVAL_DEFAULT,
             live_max: None,
+            pinned: None,
         }
     }
 }
@@ -116,7 +119,13 @@ impl Executors {
         let pool_share = (engine.instances_max() as usize / config.cores).max(1);
         let live_max = config.live_max.unwrap_or(pool_share).max(1);
         let snapshot_interval = config.snapshot_interval.max(1);
-        let plan = pin_plan(config.cores);
+        let plan = match &config.pinned {
+            Some(cpus) => cpus
+                .iter()
+                .map(|id| core_affinity::CoreId { id: *id })
+                .collect(),
+            None => pin_plan(config.cores),
+        };
         let mut queues = Vec::with_capacity(config.cores);
         let mut threads = Vec::with_capacity(config.cores);
         for index in 0..config.cores {

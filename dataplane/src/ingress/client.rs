@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Reply;
 use super::frame::{self, Event, FrameError, FrameReader, Kind};
 use super::tls::{self, TlsError};
-use super::{Reply, tokio::transport_config};
+use super::tokio::{endpoint_config, set_max_udp_payload, transport_config};
 use crate::message::{Address, Message, wire};
 
 /// Idle timeout of client connections (the node's own may be shorter).
@@ -76,11 +77,26 @@ impl QuicClient {
         node: Address,
         keep_alive: Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_tuned(addr, node, keep_alive, super::UDP_PAYLOAD_BYTES_DEFAULT).await
+    }
+
+    /// [`QuicClient::connect_with`] whose packets may grow (by MTU discovery) to
+    /// `max_udp_payload` bytes of UDP payload, when the node allows as much.
+    ///
+    /// # Errors
+    /// As [`QuicClient::connect`].
+    pub async fn connect_tuned(
+        addr: SocketAddr,
+        node: Address,
+        keep_alive: Duration,
+        max_udp_payload: u16,
+    ) -> Result<Self, ClientError> {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(node)?)
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = transport_config(CLIENT_IDLE_TIMEOUT);
         transport.keep_alive_interval(Some(keep_alive));
+        set_max_udp_payload(&mut transport, max_udp_payload);
         config.transport_config(Arc::new(transport));
         let local: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
@@ -91,7 +107,17 @@ impl QuicClient {
                 .parse()
                 .map_err(|_| ClientError::Connect("bad local".into()))?
         };
-        let mut endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
+        let socket = std::net::UdpSocket::bind(local).map_err(ClientError::Bind)?;
+        let socket = socket2::Socket::from(socket);
+        super::tokio::set_buffers(&socket);
+        let socket = std::net::UdpSocket::from(socket);
+        let mut endpoint = quinn::Endpoint::new(
+            endpoint_config(max_udp_payload),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(ClientError::Bind)?;
         endpoint.set_default_client_config(config);
         let connection = endpoint
             .connect(addr, tls::SERVER_NAME)

@@ -15,11 +15,12 @@
 //! This module holds what every backend shares: the limits, the [`Transport`] trait, the ingest
 //! steps ([`Ingest`]), the ack encoding and the metrics. [`frame`] is the sans-IO framing,
 //! [`tls`] the node's certificate and the client's pin, [`uring`] the io_uring backend (the
-//! default on Linux), [`tokio`] the quinn-on-tokio backend and [`client`] the client the bench
-//! and tests use. docs/dataplane.md has the whole picture.
+//! default on Linux), [`tokio`] the quinn-on-tokio backend, [`s2n`] the s2n-quic backend and
+//! [`client`] the client the bench and tests use. docs/dataplane.md has the whole picture.
 
 pub mod client;
 pub mod frame;
+pub mod s2n;
 pub mod tls;
 pub mod tokio;
 #[cfg(target_os = "linux")]
@@ -49,7 +50,19 @@ use frame::{
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Most ingress threads a node starts (one QUIC endpoint each).
 pub const INGRESS_CORES_MAX: usize = 64;
-/// Most open connections per endpoint. Beyond it new handshakes are refused (counted in
+/// Default largest UDP payload of a QUIC packet: 1500-byte Ethernet less IPv6 and UDP headers,
+/// the size quinn's MTU discovery stops at. Jumbo-frame links take up to `UDP_PAYLOAD_BYTES_MAX`.
+pub const UDP_PAYLOAD_BYTES_DEFAULT: u16 = 1452;
+/// UDP socket send and receive buffers asked for (the kernel caps them at `net.core.rmem_max` /
+/// `wmem_max`). The 208 KiB default overflows on loopback while a receiver is descheduled, and
+/// the losses make MTU discovery fall back to 1200-byte packets (black-hole detection).
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Smallest UDP payload QUIC allows (RFC 9000 §14: every path carries 1200-byte datagrams).
+pub const UDP_PAYLOAD_BYTES_MIN: u16 = 1200;
+/// Largest configurable UDP payload: a 9000-byte jumbo frame less IPv6 and UDP headers.
+pub const UDP_PAYLOAD_BYTES_MAX: u16 = 8952;
+/// Most open connections per endpoint (handshaking ones included), and the default of the
+/// node's `quic-connections-max`. Beyond it new handshakes are refused (counted in
 /// `ferrobeam_quic_connections_refused_total{reason="connections-max"}`). With the receive window
 /// below, QUIC buffers at most 256 × 8 MiB = 2 GiB for a full house of flooding peers.
 pub const CONNECTIONS_MAX: usize = 256;
@@ -87,6 +100,8 @@ const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= CONNECTION_RECEIVE_WINDOW_B
 const _: () = assert!(VERIFY_BATCH_MAX <= FRAMES_IN_FLIGHT_PER_STREAM_MAX);
 const _: () = assert!(frame::FRAME_BYTES_MAX <= LARGE_FRAME_BUDGET_BYTES);
 const _: () = assert!(LARGE_FRAME_BUDGET_BYTES <= u32::MAX as usize);
+const _: () = assert!(UDP_PAYLOAD_BYTES_MIN <= UDP_PAYLOAD_BYTES_DEFAULT);
+const _: () = assert!(UDP_PAYLOAD_BYTES_DEFAULT <= UDP_PAYLOAD_BYTES_MAX);
 
 /// Application error codes on QUIC streams and connections.
 pub mod code {
@@ -110,6 +125,8 @@ pub enum TransportKind {
     /// quinn-proto on an io_uring per ingress core (Linux; falls back to tokio, with a
     /// warning, where io_uring cannot be set up).
     Uring,
+    /// s2n-quic on a tokio runtime of its own, for side-by-side comparison.
+    S2n,
 }
 
 impl Default for TransportKind {
@@ -124,11 +141,19 @@ impl Default for TransportKind {
 }
 
 impl TransportKind {
+    /// Every backend this build has, in the order benchmarks and tests list them.
+    pub const ALL: &'static [TransportKind] = &[
+        TransportKind::Uring,
+        TransportKind::Tokio,
+        TransportKind::S2n,
+    ];
+
     /// The name in configuration files and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Tokio => "tokio",
             TransportKind::Uring => "uring",
+            TransportKind::S2n => "s2n",
         }
     }
 }
@@ -140,10 +165,8 @@ impl std::str::FromStr for TransportKind {
         match text {
             "tokio" => Ok(TransportKind::Tokio),
             "uring" => Ok(TransportKind::Uring),
-            "s2n" => Err(format!(
-                "transport {text:?} is not built yet; use uring or tokio"
-            )),
-            other => Err(format!("unknown transport {other:?} (uring, tokio)")),
+            "s2n" => Ok(TransportKind::S2n),
+            other => Err(format!("unknown transport {other:?} (uring, tokio, s2n)")),
         }
     }
 }
@@ -185,6 +208,36 @@ pub struct Settings {
     pub threads: usize,
     /// Idle timeout of connections and of streams stuck inside a frame.
     pub idle_timeout: Duration,
+    /// Largest UDP payload of a QUIC packet (MTU discovery's upper bound), in
+    /// `UDP_PAYLOAD_BYTES_MIN..=UDP_PAYLOAD_BYTES_MAX`.
+    pub max_udp_payload: u16,
+    /// Most connections per endpoint, handshaking ones included (1..=[`CONNECTIONS_MAX`]).
+    pub connections_max: usize,
+    /// Logical CPUs the ingress threads are pinned to (thread i to `cores[i % len]`); empty:
+    /// unpinned.
+    pub cores: Vec<usize>,
+}
+
+/// The tokio runtime of a backend: `settings.threads` workers named `ferrobeam-ingress`, each
+/// pinned to its ingress core when `settings.cores` names some.
+///
+/// # Errors
+/// When the runtime cannot start.
+pub fn ingress_runtime(settings: &Settings) -> std::io::Result<::tokio::runtime::Runtime> {
+    let cores = settings.cores.clone();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    ::tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .thread_name("ferrobeam-ingress")
+        .on_thread_start(move || {
+            // Workers start one by one; blocking-pool threads (if any) take the next slots.
+            let index = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(id) = cores.get(index % cores.len().max(1)) {
+                crate::node::cores::pin_current_thread(*id);
+            }
+        })
+        .enable_all()
+        .build()
 }
 
 /// Starts the configured backend over `shared`, with the certificate of `wallet`.
@@ -207,6 +260,7 @@ pub fn start(
     let transport = match ingest.shared.config.transport {
         TransportKind::Tokio => Box::new(tokio::TokioTransport::start(ingest, &settings, tls)?),
         TransportKind::Uring => start_uring(ingest, &settings, tls)?,
+        TransportKind::S2n => Box::new(s2n::S2nTransport::start(ingest, &settings, tls)?),
     };
     metrics
         .transport

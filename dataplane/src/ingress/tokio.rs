@@ -12,6 +12,7 @@ use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -56,6 +57,21 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
     transport
 }
 
+/// Raises (or lowers) the packet size MTU discovery may reach to `bytes` of UDP payload.
+pub fn set_max_udp_payload(transport: &mut quinn::TransportConfig, bytes: u16) {
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    discovery.upper_bound(bytes);
+    transport.mtu_discovery_config(Some(discovery));
+}
+
+/// An endpoint that accepts packets of up to `bytes` of UDP payload.
+pub fn endpoint_config(bytes: u16) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    // The bound is within QUIC's 1200..=65527 (checked by the config).
+    let _ = config.max_udp_payload_size(bytes);
+    config
+}
+
 impl TokioTransport {
     /// Binds the sockets and starts the endpoints on a runtime of `settings.threads` workers.
     ///
@@ -71,16 +87,13 @@ impl TokioTransport {
             source,
         };
         assert!(settings.threads >= 1, "at least one ingress thread");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(settings.threads)
-            .thread_name("ferrobeam-ingress")
-            .enable_all()
-            .build()
-            .map_err(io)?;
+        let runtime = super::ingress_runtime(settings).map_err(io)?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport_config(settings.idle_timeout)));
+        let mut transport = transport_config(settings.idle_timeout);
+        set_max_udp_payload(&mut transport, settings.max_udp_payload);
+        server.transport_config(Arc::new(transport));
         // Endpoints spawn their drivers on the current runtime: enter ours.
         let _entered = runtime.enter();
         let mut endpoints = Vec::with_capacity(settings.threads);
@@ -90,13 +103,17 @@ impl TokioTransport {
             local = socket.local_addr().map_err(io)?;
             let socket = CountingSocket::wrap(socket, ingest.metrics.clone()).map_err(io)?;
             let endpoint = quinn::Endpoint::new_with_abstract_socket(
-                quinn::EndpointConfig::default(),
+                endpoint_config(settings.max_udp_payload),
                 Some(server.clone()),
                 socket,
                 Arc::new(quinn::TokioRuntime),
             )
             .map_err(io)?;
-            runtime.spawn(accept_loop(endpoint.clone(), ingest.clone()));
+            runtime.spawn(accept_loop(
+                endpoint.clone(),
+                ingest.clone(),
+                settings.connections_max,
+            ));
             endpoints.push(endpoint);
         }
         Ok(Self {
@@ -139,15 +156,22 @@ impl Drop for TokioTransport {
 }
 
 /// A UDP socket on `addr` with `SO_REUSEPORT`, so several endpoints can share the port.
-fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(super) fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
+    set_buffers(&socket);
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks for [`super::SOCKET_BUFFER_BYTES`] of socket buffers; best effort (the kernel caps them).
+pub(super) fn set_buffers(socket: &socket2::Socket) {
+    let _ = socket.set_recv_buffer_size(super::SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(super::SOCKET_BUFFER_BYTES);
 }
 
 /// Decrements the open-connection gauge when a connection task ends, however it ends.
@@ -159,19 +183,43 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
-    // Ends when the endpoint is closed (node shutdown).
-    while let Some(incoming) = endpoint.accept().await {
-        if endpoint.open_connections() >= CONNECTIONS_MAX {
-            refused(&ingest.metrics, "connections-max");
-            incoming.refuse();
-            continue;
+/// One of an endpoint's `connections_max` connection slots, taken from the accept loop (so a
+/// burst of handshakes cannot overshoot the cap before their tasks run) until the connection,
+/// handshaking or open, ends.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(taken: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        // Only the accept loop takes slots: a load then an add cannot race another taker.
+        if taken.load(Ordering::Acquire) >= max {
+            return None;
         }
-        tokio::spawn(serve_connection(incoming, ingest.clone()));
+        taken.fetch_add(1, Ordering::AcqRel);
+        Some(Self(taken.clone()))
     }
 }
 
-fn refused(metrics: &IngressMetrics, reason: &str) {
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, ingest: Arc<Ingest>, connections_max: usize) {
+    debug_assert!((1..=CONNECTIONS_MAX).contains(&connections_max));
+    let taken = Arc::new(AtomicUsize::new(0));
+    // Ends when the endpoint is closed (node shutdown).
+    while let Some(incoming) = endpoint.accept().await {
+        let Some(slot) = ConnectionSlot::take(&taken, connections_max) else {
+            refused(&ingest.metrics, "connections-max");
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(serve_connection(incoming, ingest.clone(), slot));
+    }
+}
+
+pub(super) fn refused(metrics: &IngressMetrics, reason: &str) {
     metrics
         .connections_refused
         .get_or_create(&ReasonLabel {
@@ -180,7 +228,7 @@ fn refused(metrics: &IngressMetrics, reason: &str) {
         .inc();
 }
 
-async fn serve_connection(incoming: quinn::Incoming, ingest: Arc<Ingest>) {
+async fn serve_connection(incoming: quinn::Incoming, ingest: Arc<Ingest>, _slot: ConnectionSlot) {
     let connection = match incoming.accept() {
         Ok(connecting) => match connecting.await {
             Ok(connection) => connection,
@@ -337,7 +385,7 @@ impl StreamState {
 }
 
 /// The front outcome's ack (only called when the front is pending).
-async fn front(
+pub(super) async fn front(
     pending: &mut VecDeque<Outcome>,
 ) -> Result<crate::node::Ack, crate::node::NodeError> {
     match pending.front_mut() {
@@ -347,7 +395,7 @@ async fn front(
 }
 
 /// Moves the ready replies at the front of `pending` into `out`, in order.
-fn take_ready(ingest: &Ingest, pending: &mut VecDeque<Outcome>, out: &mut Vec<u8>) {
+pub(super) fn take_ready(ingest: &Ingest, pending: &mut VecDeque<Outcome>, out: &mut Vec<u8>) {
     // Bounded by the queue's length.
     while let Some(front) = pending.front_mut() {
         let reply = match front {

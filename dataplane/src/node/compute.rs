@@ -117,7 +117,7 @@ pub struct Wiring {
 /// [`ExecError`] when the executors cannot start.
 pub fn start(
     wiring: Wiring,
-    cores: usize,
+    pinned: &[usize],
     snapshot_interval: u64,
     heads: Vec<(Id, u64)>,
 ) -> Result<(ComputeHandle, std::thread::JoinHandle<()>), ExecError> {
@@ -129,8 +129,10 @@ pub fn start(
         pusher,
         pushers,
     } = wiring;
+    let cores = pinned.len();
     let mut config = ExecutorsConfig::new(cores);
     config.snapshot_interval = snapshot_interval;
+    config.pinned = Some(pinned.to_vec());
     let executors = Executors::start(&engine, config)?;
     let queue_max = EXECUTOR_QUEUE_MAX;
     let (done_tx, done_rx) = crossbeam_channel::bounded(cores * (queue_max + 1));

@@ -73,6 +73,11 @@ pub struct NodeConfig {
     pub http_header_timeout_ms: u64,
     /// An HTTP request body not received in full this long is answered 408 (ms).
     pub http_body_timeout_ms: u64,
+    /// Largest UDP payload of a QUIC packet the node sends or accepts (MTU discovery's upper
+    /// bound): 1452 for 1500-byte links, up to 8952 on jumbo-frame links and loopback.
+    pub quic_max_udp_payload: u16,
+    /// Most QUIC connections per ingress endpoint, handshaking ones included; more are refused.
+    pub quic_connections_max: usize,
 }
 
 /// One entry of the route table.
@@ -109,6 +114,8 @@ impl Default for NodeConfig {
             http_connections_max: HTTP_CONNECTIONS_MAX_DEFAULT,
             http_header_timeout_ms: HTTP_HEADER_TIMEOUT_MS_DEFAULT,
             http_body_timeout_ms: HTTP_BODY_TIMEOUT_MS_DEFAULT,
+            quic_max_udp_payload: crate::ingress::UDP_PAYLOAD_BYTES_DEFAULT,
+            quic_connections_max: crate::ingress::CONNECTIONS_MAX,
         }
     }
 }
@@ -204,24 +211,43 @@ impl NodeConfig {
                 return Err(ConfigError::Invalid(format!("{key} must be 100..=3600000")));
             }
         }
+        if !(1..=crate::ingress::CONNECTIONS_MAX).contains(&self.quic_connections_max) {
+            return Err(ConfigError::Invalid(format!(
+                "quic-connections-max must be 1..={}",
+                crate::ingress::CONNECTIONS_MAX
+            )));
+        }
+        let payload = crate::ingress::UDP_PAYLOAD_BYTES_MIN..=crate::ingress::UDP_PAYLOAD_BYTES_MAX;
+        if !payload.contains(&self.quic_max_udp_payload) {
+            return Err(ConfigError::Invalid(format!(
+                "quic-max-udp-payload must be {}..={}",
+                payload.start(),
+                payload.end()
+            )));
+        }
         Ok(())
     }
 
-    /// Ingress threads to start.
+    /// Ingress threads to start: `ingress-cores`, or the rule of [`super::cores`] (a node that
+    /// started holds the resolved count).
     pub fn ingress_threads(&self) -> usize {
         if self.ingress_cores > 0 {
             self.ingress_cores
         } else {
-            (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1)
+            super::cores::CorePlan::detect(None, 0, self.exec_cores)
+                .ingress
+                .len()
         }
     }
 
-    /// Executor threads to start.
+    /// Executor threads to start: `exec-cores`, or the rule of [`super::cores`].
     pub fn exec_threads(&self) -> usize {
         if self.exec_cores > 0 {
             self.exec_cores
         } else {
-            std::thread::available_parallelism().map_or(1, usize::from)
+            super::cores::CorePlan::detect(None, self.ingress_cores, 0)
+                .exec
+                .len()
         }
     }
 
@@ -281,5 +307,35 @@ mod tests {
             NodeConfig::from_file(&path),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn quic_packet_size_and_connection_cap_are_range_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "quic-max-udp-payload = 8952\nquic-connections-max = 16\n",
+        )
+        .unwrap();
+        let c = NodeConfig::from_file(&path).unwrap();
+        assert_eq!((c.quic_max_udp_payload, c.quic_connections_max), (8952, 16));
+        for bad in [
+            "quic-max-udp-payload = 1199",
+            "quic-max-udp-payload = 9000",
+            "quic-connections-max = 0",
+            "quic-connections-max = 257",
+        ] {
+            std::fs::write(&path, format!("{bad}\n")).unwrap();
+            match NodeConfig::from_file(&path) {
+                Err(ConfigError::Invalid(message)) => {
+                    assert!(
+                        message.contains(bad.split(' ').next().unwrap()),
+                        "{message}"
+                    )
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

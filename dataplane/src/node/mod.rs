@@ -12,6 +12,7 @@ pub mod assets;
 pub mod attest;
 pub mod compute;
 pub mod config;
+pub mod cores;
 mod key;
 pub mod pusher;
 
@@ -267,6 +268,20 @@ impl Sequencer {
         batch_max: usize,
         on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
     ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
+        Self::start_pinned(store, wallet, batch_max, on_commit, None)
+    }
+
+    /// [`Sequencer::start`] with the thread pinned to logical CPU `cpu`.
+    ///
+    /// # Errors
+    /// As [`Sequencer::start`].
+    pub fn start_pinned(
+        store: Arc<Store>,
+        wallet: Wallet,
+        batch_max: usize,
+        on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+        cpu: Option<usize>,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
         let scheduler = restore_scheduler(&store)?;
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE_MAX);
         let worker = SequencerThread {
@@ -277,7 +292,12 @@ impl Sequencer {
         };
         let handle = std::thread::Builder::new()
             .name("ferrobeam-sequencer".into())
-            .spawn(move || worker.run(queue))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    cores::pin_current_thread(cpu);
+                }
+                worker.run(queue)
+            })
             .map_err(|e| NodeError::Unavailable(e.to_string()))?;
         Ok((Self { requests }, handle))
     }
@@ -656,6 +676,8 @@ pub struct Shared {
     pub attestation: Arc<attest::Attestation>,
     /// QUIC ingress counters (zero when the node has no QUIC ingress).
     pub ingress: Arc<crate::ingress::IngressMetrics>,
+    /// The CPUs of the pinned threads (ingress, executors, sequencer).
+    pub cores: cores::CorePlan,
 }
 
 impl Shared {
@@ -672,6 +694,7 @@ impl Shared {
             "config-id": self.config.public_id(),
             "processes": self.read_heads().len(),
             "inventory-digest": self.inventory.digest_hex(),
+            "cores": self.cores,
         })
     }
 
@@ -806,9 +829,19 @@ impl Node {
             .map_err(NodeError::from)?;
         let store = Arc::new(Store::open(&config.data_dir.join("store"))?);
         let heads: HashMap<Id, ProcessHead> = store.heads()?.into_iter().collect();
-        let pinned: Vec<u32> = crate::execute::pin_plan(config.exec_threads())
+        let mut config = config;
+        let cores = cores::CorePlan::detect(
+            inventory.topology.ok(),
+            config.ingress_cores,
+            config.exec_cores,
+        );
+        // From here on the configuration holds the resolved counts (also in its public part).
+        config.ingress_cores = cores.ingress.len();
+        config.exec_cores = cores.exec.len();
+        let pinned: Vec<u32> = cores
+            .exec
             .iter()
-            .filter_map(|core| u32::try_from(core.id).ok())
+            .filter_map(|cpu| u32::try_from(*cpu).ok())
             .collect();
         let assets = assets::Assets::open(
             store.clone(),
@@ -843,7 +876,7 @@ impl Node {
                     .chain(config.peers.iter().copied())
                     .collect(),
             },
-            config.exec_threads(),
+            &cores.exec,
             config.snapshot_interval,
             last_slots,
         )
@@ -867,11 +900,12 @@ impl Node {
                 }
             })
         };
-        let (sequencer, sequencer_thread) = Sequencer::start(
+        let (sequencer, sequencer_thread) = Sequencer::start_pinned(
             store.clone(),
             wallet.clone(),
             config.commit_batch_max,
             on_commit,
+            Some(cores.sequencer),
         )?;
         // The compute driver pushes through the sequencer, which starts after it.
         let _ = pusher.set(pusher::Pusher::new(
@@ -902,6 +936,7 @@ impl Node {
             assets,
             attestation,
             ingress: Arc::new(crate::ingress::IngressMetrics::new()),
+            cores,
         });
         let ingress = match shared.config.quic {
             Some(listen) => Some(crate::ingress::start(
@@ -913,6 +948,9 @@ impl Node {
                     idle_timeout: std::time::Duration::from_millis(
                         shared.config.quic_idle_timeout_ms,
                     ),
+                    max_udp_payload: shared.config.quic_max_udp_payload,
+                    connections_max: shared.config.quic_connections_max,
+                    cores: shared.cores.ingress.clone(),
                 },
             )?),
             None => None,

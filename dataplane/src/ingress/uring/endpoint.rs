@@ -25,7 +25,7 @@ use quinn_proto::{
 use super::ring::{Completion, Ring, Token, Wakeup};
 use super::socket::{GSO_BYTES_MAX, GSO_SEGMENTS_MAX};
 use super::stream::{Status, Stream};
-use crate::ingress::{CONNECTIONS_MAX, Ingest, IngressMetrics, ReasonLabel, code};
+use crate::ingress::{Ingest, IngressMetrics, ReasonLabel, code};
 
 /// How long shutdown waits for close frames and in-flight sends.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(200);
@@ -48,6 +48,8 @@ pub struct Core {
     endpoint: Endpoint,
     server: Arc<ServerConfig>,
     ingest: Arc<Ingest>,
+    /// Most open connections (`quic-connections-max`); more are refused and counted.
+    connections_max: usize,
     /// Indexed by `ConnectionHandle.0` (the endpoint's dense slab index).
     conns: Vec<Option<Conn>>,
     /// Connections with work to do before the ring waits again.
@@ -61,11 +63,18 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over `ring` serving with `server`.
-    pub fn new(ring: Ring, server: Arc<ServerConfig>, ingest: Arc<Ingest>) -> Self {
+    /// A core over `ring` serving with `server`, accepting packets of up to `max_udp_payload`
+    /// bytes and at most `connections_max` connections.
+    pub fn new(
+        ring: Ring,
+        server: Arc<ServerConfig>,
+        ingest: Arc<Ingest>,
+        max_udp_payload: u16,
+        connections_max: usize,
+    ) -> Self {
         let wakeup = ring.wakeup();
         let endpoint = Endpoint::new(
-            Arc::new(quinn_proto::EndpointConfig::default()),
+            Arc::new(crate::ingress::tokio::endpoint_config(max_udp_payload)),
             Some(server.clone()),
             true, // The socket sets the DF bit (socket::bind): path MTU discovery works.
             None,
@@ -74,6 +83,7 @@ impl Core {
             ring,
             endpoint,
             server,
+            connections_max,
             next_sweep: Instant::now() + sweep_interval(ingest.idle_timeout),
             ingest,
             conns: Vec::new(),
@@ -186,7 +196,7 @@ impl Core {
 
     fn on_incoming(&mut self, now: Instant, incoming: quinn_proto::Incoming) {
         self.response.clear();
-        if self.endpoint.open_connections() >= CONNECTIONS_MAX {
+        if self.endpoint.open_connections() >= self.connections_max {
             refused(&self.ingest.metrics, "connections-max");
             let transmit = self.endpoint.refuse(incoming, &mut self.response);
             self.send_response(&transmit);

@@ -66,11 +66,10 @@ impl UringTransport {
         let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(super::tokio::transport_config(
-            settings.idle_timeout,
-        )));
+        let mut transport_config = super::tokio::transport_config(settings.idle_timeout);
+        super::tokio::set_max_udp_payload(&mut transport_config, settings.max_udp_payload);
+        server.transport_config(Arc::new(transport_config));
         let server = Arc::new(server);
-        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let mut transport = Self {
             cores: Vec::with_capacity(settings.threads),
             local: settings.listen,
@@ -79,14 +78,20 @@ impl UringTransport {
             // Every core binds the port the first one got (port 0 picks one).
             let socket = socket::bind(transport.local).map_err(io)?;
             transport.local = socket.local_addr().map_err(io)?;
-            let pin = ingress_core(&core_ids, core);
+            // The core plan's ingress CPUs (node::cores), as the other backends use them.
+            let pin = settings
+                .cores
+                .get(core % settings.cores.len().max(1))
+                .copied();
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             let (server, ingest) = (server.clone(), ingest.clone());
+            let (max_udp_payload, connections_max) =
+                (settings.max_udp_payload, settings.connections_max);
             let thread = std::thread::Builder::new()
-                .name(format!("ferrobeam-uring-{core}"))
+                .name(format!("ferrobeam-ingress-{core}"))
                 .spawn(move || {
                     if let Some(pin) = pin {
-                        core_affinity::set_for_current(pin);
+                        crate::node::cores::pin_current_thread(pin);
                     }
                     // The ring is made on its thread: it is single-issuer.
                     let ring = match Ring::new(socket) {
@@ -97,7 +102,10 @@ impl UringTransport {
                         }
                     };
                     let _ = ready_tx.send(Ok(ring.wakeup()));
-                    if let Err(e) = endpoint::Core::new(ring, server, ingest).run() {
+                    if let Err(e) =
+                        endpoint::Core::new(ring, server, ingest, max_udp_payload, connections_max)
+                            .run()
+                    {
                         tracing::error!(error = %e, "QUIC ingress core stopped");
                     }
                 })
@@ -130,14 +138,6 @@ impl UringTransport {
     }
 }
 
-/// The CPU ingress thread `index` is pinned to: counting down from the last CPU the process
-/// may use, while executor threads count up from the first (`execute::pin_plan`), so the two
-/// share a CPU only when the node has more threads than CPUs. `None`: run unpinned.
-fn ingress_core(core_ids: &[core_affinity::CoreId], index: usize) -> Option<core_affinity::CoreId> {
-    let count = core_ids.len();
-    (count > 0).then(|| core_ids[count - 1 - index % count])
-}
-
 impl Transport for UringTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::Uring
@@ -155,20 +155,5 @@ impl Transport for UringTransport {
 impl Drop for UringTransport {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ingress_threads_are_pinned_from_the_last_cpu_down() {
-        let cpus: Vec<_> = (0..4).map(|id| core_affinity::CoreId { id }).collect();
-        let pinned: Vec<_> = (0..6)
-            .map(|index| ingress_core(&cpus, index).map(|core| core.id))
-            .collect();
-        assert_eq!(pinned, [3, 2, 1, 0, 3, 2].map(Some));
-        assert_eq!(ingress_core(&[], 0), None);
     }
 }

@@ -37,3 +37,11 @@ cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
 # One closing line over every test binary (cargo prints one `test result:` per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+
+# Fuzzing: `cargo test` above already replayed every committed fuzz input and ran a seeded
+# mutation pass on stable (fuzz-targets/tests/corpus.rs). The libFuzzer run needs nightly and a
+# clean build of about 13 CPU-minutes (docs/RELIABILITY.md, "Fuzzing"), so it is opt-in here.
+if [ "${FERROBEAM_FUZZ_BRIEF:-0}" = 1 ]; then
+  echo "test.sh: scripts/fuzz.sh --brief"
+  scripts/fuzz.sh --brief
+fi

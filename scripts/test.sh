@@ -37,3 +37,17 @@ cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
 # One closing line over every test binary (cargo prints one `test result:` per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+
+# Fuzzing: `cargo test` above already replayed every committed fuzz input and ran a seeded
+# mutation pass on stable (fuzz-targets/tests/corpus.rs). Then every libFuzzer target runs a few
+# seconds from the committed corpus (nightly + cargo-fuzz; a clean build costs about 13
+# CPU-minutes, docs/RELIABILITY.md "Fuzzing"). FERROBEAM_FUZZ_BRIEF=0 skips it.
+if [ "${FERROBEAM_FUZZ_BRIEF:-1}" = 1 ]; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "test.sh: no nightly toolchain: skipping the libFuzzer runs (the stable corpus replay ran)"
+  else
+    cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+    echo "test.sh: scripts/fuzz.sh --brief"
+    scripts/fuzz.sh --brief
+  fi
+fi

@@ -316,43 +316,87 @@ async fn process_post(
 async fn process_get(
     State(shared): State<Arc<Shared>>,
     Path((process, action)): Path<(String, String)>,
-    Query(mut query): Query<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let process: Id = process.parse()?;
-    let (name, keys) = split_segment(&action);
-    query.extend(keys);
     let head = shared
         .head(&process)?
         .ok_or(NodeError::UnknownProcess(process))?;
     // A process exists from slot 0 on, so its head's next slot is at least 1.
     let last_slot = head.next_slot - 1;
-    match name {
-        "slot" => Ok(axum::Json(json!({
+    match process_action(&action, query)? {
+        ProcessAction::Slot => Ok(axum::Json(json!({
             "process": process,
             "current": last_slot,
             "hashpath": head.hashpath,
             "timestamp": head.timestamp_ms,
         }))
         .into_response()),
-        "compute" => {
-            let slot = number(&query, "slot")?
-                .ok_or_else(|| NodeError::BadRequest("compute needs slot=N".into()))?;
-            compute(&shared, process, slot, last_slot).await
-        }
-        "now" => compute(&shared, process, last_slot, last_slot).await,
-        "schedule" => {
-            let from = number(&query, "from")?.unwrap_or(0);
-            let to = number(&query, "to")?.unwrap_or(last_slot).min(last_slot);
+        ProcessAction::Compute { slot } => compute(&shared, process, slot, last_slot).await,
+        ProcessAction::Now => compute(&shared, process, last_slot, last_slot).await,
+        ProcessAction::Schedule { from, to } => {
+            let to = to.unwrap_or(last_slot).min(last_slot);
             schedule_page(&shared, process, from, to).map(IntoResponse::into_response)
         }
-        "process" => {
+        ProcessAction::Process => {
             let message = shared
                 .store
                 .message(&process)?
                 .ok_or(NodeError::UnknownProcess(process))?;
             Ok(axum::Json(message_json::to_json(&message)).into_response())
         }
-        other => Err(NodeError::NotFound(format!("no action {other:?}")).into()),
+    }
+}
+
+/// What `GET /<process>/<action>` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessAction {
+    /// `slot`: the current slot and hashpath.
+    Slot,
+    /// `compute&slot=N`: the result of slot N.
+    Compute {
+        /// The slot.
+        slot: u64,
+    },
+    /// `now`: the result of the current slot.
+    Now,
+    /// `schedule&from=A&to=B`: a page of assignments (`to` defaults to the current slot).
+    Schedule {
+        /// First slot.
+        from: u64,
+        /// Last slot, if given.
+        to: Option<u64>,
+    },
+    /// `process`: the process message.
+    Process,
+}
+
+/// Parses the action segment of `GET /<process>/<action>` (`name&k=v...`, see
+/// [`split_segment`]) together with the query string; keys in the segment win over the query.
+///
+/// # Errors
+/// [`NodeError::NotFound`] for an unknown action, [`NodeError::BadRequest`] for a missing or
+/// malformed number.
+pub fn process_action(
+    action: &str,
+    mut query: HashMap<String, String>,
+) -> Result<ProcessAction, NodeError> {
+    let (name, keys) = split_segment(action);
+    query.extend(keys);
+    match name {
+        "slot" => Ok(ProcessAction::Slot),
+        "compute" => {
+            let slot = number(&query, "slot")?
+                .ok_or_else(|| NodeError::BadRequest("compute needs slot=N".into()))?;
+            Ok(ProcessAction::Compute { slot })
+        }
+        "now" => Ok(ProcessAction::Now),
+        "schedule" => Ok(ProcessAction::Schedule {
+            from: number(&query, "from")?.unwrap_or(0),
+            to: number(&query, "to")?,
+        }),
+        "process" => Ok(ProcessAction::Process),
+        other => Err(NodeError::NotFound(format!("no action {other:?}"))),
     }
 }
 
@@ -430,4 +474,65 @@ fn schedule_page(shared: &Shared, process: Id, from: u64, to: u64) -> ApiResult<
         "next": next,
         "assignments": items,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn segments_split_into_name_and_lowercased_keys() {
+        let (name, keys) = split_segment("compute&Slot=3&flag&x=a=b");
+        assert_eq!(name, "compute");
+        assert_eq!(keys, query(&[("slot", "3"), ("x", "a=b")]));
+        assert_eq!(split_segment("").0, "");
+    }
+
+    #[test]
+    fn actions_parse_with_segment_keys_over_the_query() {
+        let none = HashMap::new;
+        assert_eq!(process_action("slot", none()).unwrap(), ProcessAction::Slot);
+        assert_eq!(
+            process_action("compute&slot=3", query(&[("slot", "9")])).unwrap(),
+            ProcessAction::Compute { slot: 3 }
+        );
+        assert_eq!(
+            process_action("compute", query(&[("slot", "9")])).unwrap(),
+            ProcessAction::Compute { slot: 9 }
+        );
+        assert_eq!(
+            process_action("schedule&to=5", none()).unwrap(),
+            ProcessAction::Schedule {
+                from: 0,
+                to: Some(5)
+            }
+        );
+        assert!(matches!(
+            process_action("compute", none()),
+            Err(NodeError::BadRequest(_))
+        ));
+        assert!(matches!(
+            process_action("compute&slot=-1", none()),
+            Err(NodeError::BadRequest(_))
+        ));
+        assert!(matches!(
+            process_action("schedule&from=x", none()),
+            Err(NodeError::BadRequest(_))
+        ));
+        assert!(matches!(
+            process_action("now&slot=x", none()),
+            Ok(ProcessAction::Now)
+        ));
+        assert!(matches!(
+            process_action("Slot", none()),
+            Err(NodeError::NotFound(_))
+        ));
+    }
 }

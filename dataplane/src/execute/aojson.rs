@@ -491,11 +491,15 @@ pub(crate) fn env_json(input: &SlotInput, definition: &Message, module: Id) -> V
 
 /// What a response maps to.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Response {
-    pub(crate) output: Vec<u8>,
-    pub(crate) outbox: Vec<Message>,
-    pub(crate) spawns: Vec<Message>,
-    pub(crate) error: Option<String>,
+pub struct Response {
+    /// `Output`: its JSON text, or the string itself; at most [`OUTPUT_BYTES_MAX`] bytes.
+    pub output: Vec<u8>,
+    /// `Messages`, each with a `target`.
+    pub outbox: Vec<Message>,
+    /// `Spawns`.
+    pub spawns: Vec<Message>,
+    /// `Error`, or the error of an `ok: false` answer.
+    pub error: Option<String>,
 }
 
 /// Maps `handle`'s response to results: `Output` (its JSON text; a string as it is),
@@ -504,7 +508,7 @@ pub(crate) struct Response {
 /// # Errors
 /// The text is not a JSON object of that shape, or a result limit is exceeded: the slot's
 /// error, prefixed `ao-json:`.
-pub(crate) fn response(text: &[u8]) -> Result<Response, String> {
+pub fn response(text: &[u8]) -> Result<Response, String> {
     let json: Json =
         serde_json::from_slice(text).map_err(|e| format!("response is not JSON: {e}"))?;
     let object = json.as_object().ok_or("response is not a JSON object")?;

@@ -34,7 +34,7 @@
 //! `unsafe` lives only in `memory` (loading a `.cwasm` file, which wasmtime cannot validate).
 
 mod abi;
-mod aojson;
+pub mod aojson;
 mod engine;
 mod executor;
 mod instance;

@@ -346,18 +346,7 @@ impl Reply {
         match self {
             Reply::Ack(ack) => frame::encode_into(Kind::Ack, &encode_ack(ack), out),
             Reply::Refused(refusal) => {
-                let json = serde_json::json!({"error": refusal.code, "message": refusal.message});
-                let mut bytes = serde_json::to_vec(&json).unwrap_or_default();
-                if bytes.len() > REFUSED_BYTES_MAX {
-                    // Cut the text, keep valid JSON.
-                    let text: String = refusal.message.chars().take(1024).collect();
-                    bytes = serde_json::to_vec(&serde_json::json!({
-                        "error": refusal.code, "message": text
-                    }))
-                    .unwrap_or_default();
-                }
-                bytes.truncate(REFUSED_BYTES_MAX);
-                frame::encode_into(Kind::Refused, &bytes, out);
+                frame::encode_into(Kind::Refused, &refusal_json(refusal), out);
             }
             Reply::Bulk(bytes) => {
                 let mut payload = [0u8; BULK_ACK_BYTES];
@@ -392,6 +381,41 @@ impl Reply {
             }
             other => Err(FrameError::Unexpected(other)),
         }
+    }
+}
+
+/// Characters of a refusal's code kept when its JSON must be cut (codes are variant names).
+const REFUSED_CODE_CHARS_MAX: usize = 64;
+/// Characters of a refusal's text tried first when its JSON must be cut.
+const REFUSED_TEXT_CHARS_CUT: usize = 1024;
+
+// A character takes at most 6 bytes in JSON (`\u001f`): a cut code with no text always fits.
+const _: () = assert!(REFUSED_CODE_CHARS_MAX * 6 + 32 <= REFUSED_BYTES_MAX);
+
+/// A refusal as JSON `{"error", "message"}` of at most [`REFUSED_BYTES_MAX`] bytes, always
+/// valid: when it does not fit, the code is cut and the text halved until it does (at most 11
+/// tries). Cutting the bytes instead would break the JSON for texts that escape to 6 bytes a
+/// character.
+fn refusal_json(refusal: &Refusal) -> Vec<u8> {
+    let encode = |code: &str, message: &str| {
+        // Serializing two strings cannot fail.
+        serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
+            .unwrap_or_default()
+    };
+    let bytes = encode(&refusal.code, &refusal.message);
+    if bytes.len() <= REFUSED_BYTES_MAX {
+        return bytes;
+    }
+    let code: String = refusal.code.chars().take(REFUSED_CODE_CHARS_MAX).collect();
+    let mut chars = REFUSED_TEXT_CHARS_CUT;
+    loop {
+        let text: String = refusal.message.chars().take(chars).collect();
+        let bytes = encode(&code, &text);
+        if bytes.len() <= REFUSED_BYTES_MAX || chars == 0 {
+            assert!(bytes.len() <= REFUSED_BYTES_MAX, "a cut refusal fits");
+            return bytes;
+        }
+        chars /= 2;
     }
 }
 
@@ -987,6 +1011,31 @@ mod tests {
                 (Reply::Refused(a), Reply::Refused(b)) => assert_eq!(a.code, b.code),
                 _ => assert_eq!(reply, back),
             }
+        }
+    }
+
+    #[test]
+    fn refusals_stay_valid_json_whatever_their_text() {
+        // Caught by the quic_replies fuzz target: 1024 characters that JSON escapes to 6 bytes each
+        // (control characters) were cut at REFUSED_BYTES_MAX bytes, leaving invalid JSON the
+        // client could not decode.
+        for (code, message) in [
+            ("FrameInvalid", "\u{1}".repeat(1100)),
+            ("FrameInvalid", "\"".repeat(5000)),
+            (&*"C".repeat(10_000), "\u{1f}".repeat(3000)),
+            ("MessageInvalid", "é".repeat(4000)),
+        ] {
+            let refusal = Refusal {
+                code: code.to_owned(),
+                message: message.clone(),
+            };
+            let bytes = refusal_json(&refusal);
+            assert!(bytes.len() <= REFUSED_BYTES_MAX);
+            let Reply::Refused(back) = Reply::decode(Kind::Refused, &bytes).unwrap() else {
+                panic!("not a refusal")
+            };
+            assert!(code.starts_with(&back.code) && !back.code.is_empty());
+            assert!(message.starts_with(&back.message) && !back.message.is_empty());
         }
     }
 

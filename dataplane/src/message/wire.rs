@@ -137,7 +137,34 @@ pub fn access(bytes: &[u8]) -> Result<&ArchivedWireFrame, MessageError> {
         ));
     }
     rkyv::access::<ArchivedWireFrame, rancor::Error>(bytes)
-        .map_err(|e| MessageError::WireInvalid(e.to_string()))
+        .map_err(|e| MessageError::WireInvalid(addresses_to_offsets(&e.to_string(), bytes)))
+}
+
+/// bytecheck's errors name memory addresses (`ptr 0x5651…`). The reason goes back to the peer,
+/// so each address is rewritten as its offset into the frame (`+16`), or `0x?` outside it:
+/// a heap address would give a remote client a hint at the node's memory layout.
+fn addresses_to_offsets(reason: &str, bytes: &[u8]) -> String {
+    let base = bytes.as_ptr() as usize;
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        let token = &rest[at..at + 2 + digits];
+        match usize::from_str_radix(&token[2..], 16) {
+            Ok(address) if digits > 0 && (base..=base + bytes.len()).contains(&address) => {
+                out.push_str(&format!("+{}", address - base));
+            }
+            _ if digits == 0 => out.push_str("0x"),
+            _ => out.push_str("0x?"),
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Decodes a wire frame into a message, copying it to an aligned buffer first if needed.
@@ -151,7 +178,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
     if (bytes.as_ptr() as usize).is_multiple_of(WIRE_ALIGN) {
         return from_archived(access(bytes)?);
     }
-    let mut aligned = AlignedVec::<WIRE_ALIGN>::with_capacity(bytes.len());
+    // At least one byte: an empty AlignedVec has a dangling, unaligned pointer, and the copy
+    // would then be refused as misaligned instead of validated.
+    let mut aligned = AlignedVec::<WIRE_ALIGN>::with_capacity(bytes.len().max(1));
     aligned.extend_from_slice(bytes);
     from_archived(access(&aligned)?)
 }
@@ -287,6 +316,45 @@ mod tests {
         let mut shifted = vec![0u8; bytes.len() + 1];
         shifted[1..].copy_from_slice(&bytes);
         assert_eq!(decode(&shifted[1..]).unwrap(), sample());
+    }
+
+    #[test]
+    fn empty_input_is_invalid_not_misaligned() {
+        // Found by the quic_frames fuzz target: the copy of an empty, unaligned input was
+        // refused as misaligned, so an empty HTTP body got the wrong reason.
+        let whole = [0u8; 16];
+        for empty in [&whole[..0], &whole[1..1], &[][..]] {
+            match decode(empty) {
+                Err(MessageError::WireInvalid(reason)) => {
+                    assert!(!reason.contains("aligned"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_name_offsets_not_addresses() {
+        // Found by the quic_frames fuzz target: bytecheck's reasons carried heap addresses,
+        // which the node sends back to the peer in its refusal.
+        let bytes = encode(&sample());
+        let mut truncated = AlignedVec::<WIRE_ALIGN>::new();
+        truncated.extend_from_slice(&bytes[..bytes.len() - 16]);
+        let Err(MessageError::WireInvalid(reason)) = access(&truncated) else {
+            panic!("a truncated frame is invalid");
+        };
+        assert!(reason.contains('+'), "{reason}");
+        let hex_run = reason
+            .split("0x")
+            .skip(1)
+            .map(|s| s.bytes().take_while(u8::is_ascii_hexdigit).count())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(hex_run, 0, "{reason}");
+        assert_eq!(
+            addresses_to_offsets("ptr 0x10 in 0x0..0xffffffffffffffff, 0x", &[]),
+            "ptr 0x? in 0x?..0x?, 0x"
+        );
     }
 
     #[test]

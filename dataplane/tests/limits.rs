@@ -15,10 +15,12 @@ use ferrobeam::api::server::HTTP_CONNECTIONS_MAX_LIMIT;
 use ferrobeam::assets::{IDENTITY_BYTES_MAX, KIND_BYTES_MAX, UNIT_BYTES_MAX};
 use ferrobeam::execute::{
     ERROR_BYTES_MAX, Engine, EngineConfig, GLOBALS_MAX, Instance, Module, OUTBOX_BYTES_MAX,
-    RESPONSE_BYTES_MAX, SEND_TAGS_MAX, SlotInput, SlotOutcome, TABLE_ELEMENTS_MAX,
+    RESPONSE_BYTES_MAX, SEND_TAGS_MAX, STDIO_BYTES_MAX, SlotInput, SlotOutcome,
+    TABLE_ELEMENTS_MAX,
 };
 use ferrobeam::ingress::client::{QuicClient, message_frame};
-use ferrobeam::ingress::{CONNECTIONS_MAX, Reply, STREAMS_PER_CONNECTION_MAX};
+use ferrobeam::ingress::frame::{self, FrameError, HEADER_BYTES, Header, Kind, REFUSED_BYTES_MAX};
+use ferrobeam::ingress::{CONNECTIONS_MAX, Refusal, Reply, STREAMS_PER_CONNECTION_MAX};
 use ferrobeam::message::wire::WIRE_BYTES_MAX;
 use ferrobeam::message::{
     Address, COMMITMENTS_MAX, DEPTH_MAX, Id, KEYS_MAX, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, Message,
@@ -386,6 +388,49 @@ fn connections_past_the_maximum_are_refused_and_counted() {
     );
 }
 
+#[test]
+fn a_refusal_longer_than_refused_bytes_max_is_cut_to_fit() {
+    let refusal = |message: String| {
+        Reply::Refused(Refusal {
+            code: "BadRequest".into(),
+            message,
+        })
+    };
+    // Encodes a reply and reads it back as a client does.
+    let round_trip = |reply: &Reply| {
+        let mut out = Vec::new();
+        reply.encode_into(&mut out);
+        let header = Header::decode(out[..HEADER_BYTES].try_into().unwrap()).unwrap();
+        assert_eq!(header.kind, Kind::Refused);
+        assert!(header.len <= REFUSED_BYTES_MAX);
+        let payload = &out[HEADER_BYTES..HEADER_BYTES + header.len];
+        (header.len, Reply::decode(Kind::Refused, payload).unwrap())
+    };
+    let short = refusal("é".repeat(100));
+    assert_eq!(round_trip(&short).1, short);
+    // 20,000 bytes of text: the code stays, the text is cut, the JSON stays valid.
+    let (len, cut) = round_trip(&refusal("é".repeat(10_000)));
+    assert!(len < REFUSED_BYTES_MAX, "{len}");
+    let Reply::Refused(cut) = cut else {
+        panic!("{cut:?}")
+    };
+    assert_eq!(cut.code, "BadRequest");
+    assert_eq!(cut.message, "é".repeat(1024));
+    // A peer announcing a longer refusal is refused from the header.
+    let mut header = [0u8; HEADER_BYTES];
+    header[..4].copy_from_slice(&(REFUSED_BYTES_MAX as u32 + 1).to_le_bytes());
+    header[4..8].copy_from_slice(&Kind::Refused.code().to_le_bytes());
+    let expected = FrameError::TooLarge {
+        len: REFUSED_BYTES_MAX as u64 + 1,
+        max: REFUSED_BYTES_MAX,
+    };
+    assert_eq!(Header::decode(&header), Err(expected.clone()));
+    assert_eq!(
+        frame::FrameReader::client().decode(&header).unwrap_err(),
+        expected
+    );
+}
+
 // ---- assets ----
 
 #[test]
@@ -661,4 +706,31 @@ fn ao_json_limits_fail_the_load_or_the_slot() {
     let outcome = first_slot(&load(&engine, &iovecs), WASM32);
     assert_eq!(outcome.error, None);
     assert_eq!(outcome.output, b"capped");
+}
+
+#[test]
+fn stdio_past_stdio_bytes_max_is_dropped() {
+    let dir = tempdir();
+    let engine = engine(dir.path(), 4);
+    // Two iovecs: STDIO_BYTES_MAX bytes of "a" (kept), then 1 KiB of "b" (dropped). The slot then
+    // traps, and its error ends with the tail of what was kept.
+    let writer = ao_json(
+        3,
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(memory.fill (i32.const 65536) (i32.const 97) (i32.const {STDIO_BYTES_MAX}))
+            (memory.fill (i32.const 131072) (i32.const 98) (i32.const 1024))
+            (i32.store (i32.const 0) (i32.const 65536)) (i32.store (i32.const 4) (i32.const {STDIO_BYTES_MAX}))
+            (i32.store (i32.const 8) (i32.const 131072)) (i32.store (i32.const 12) (i32.const 1024))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 2) (i32.const 16)))
+            unreachable"#
+        ),
+    );
+    let outcome = first_slot(&load(&engine, &writer), WASM32);
+    let error = outcome.error.expect("the slot traps");
+    assert!(
+        error.ends_with(&format!("stdout/stderr: {}", "a".repeat(1024))),
+        "{}",
+        &error[error.len().saturating_sub(200)..]
+    );
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -19,8 +20,14 @@ use ferrobeam::execute::{
     TABLE_ELEMENTS_MAX,
 };
 use ferrobeam::ingress::client::{QuicClient, message_frame};
-use ferrobeam::ingress::frame::{self, FrameError, HEADER_BYTES, Header, Kind, REFUSED_BYTES_MAX};
-use ferrobeam::ingress::{CONNECTIONS_MAX, Refusal, Reply, STREAMS_PER_CONNECTION_MAX};
+use ferrobeam::ingress::frame::{
+    self, FrameError, FrameReader, HEADER_BYTES, Header, Kind, PAYLOAD_BYTES_MAX,
+    REFUSED_BYTES_MAX,
+};
+use ferrobeam::ingress::{
+    CONNECTIONS_MAX, LARGE_FRAME_BUDGET_BYTES, LargeFrame, Refusal, Reply,
+    STREAMS_PER_CONNECTION_MAX,
+};
 use ferrobeam::message::wire::WIRE_BYTES_MAX;
 use ferrobeam::message::{
     Address, COMMITMENTS_MAX, DEPTH_MAX, Id, KEYS_MAX, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, Message,
@@ -429,6 +436,55 @@ fn a_refusal_longer_than_refused_bytes_max_is_cut_to_fit() {
         frame::FrameReader::client().decode(&header).unwrap_err(),
         expected
     );
+}
+
+#[test]
+fn large_frames_past_the_budget_wait_for_it() {
+    let frame_bytes = frame::pad16(PAYLOAD_BYTES_MAX);
+    let fit = LARGE_FRAME_BUDGET_BYTES / frame_bytes;
+    // A stream that has read the header of a largest message frame.
+    let header_read = || {
+        let mut reader = FrameReader::node();
+        let header = Header {
+            kind: Kind::Message,
+            len: PAYLOAD_BYTES_MAX,
+        };
+        let (used, event) = reader.decode(&header.encode()).unwrap();
+        assert!(used == HEADER_BYTES && event.is_none());
+        reader
+    };
+    runtime().block_on(async {
+        let budget = LargeFrame::budget();
+        let mut streams = Vec::new();
+        for _ in 0..fit {
+            let reader = header_read();
+            let mut held = LargeFrame::default();
+            held.reserve(&budget, &reader).await;
+            assert_eq!(held.bytes(), frame_bytes);
+            streams.push((reader, held));
+        }
+        let left = budget.available_permits();
+        assert_eq!(left, LARGE_FRAME_BUDGET_BYTES - fit * frame_bytes);
+        assert!(left < frame_bytes);
+        // One more stream waits for budget (it reads nothing meanwhile) ...
+        let reader = header_read();
+        let mut held = LargeFrame::default();
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let reserve = held.reserve(&budget, &reader);
+            tokio::pin!(reserve);
+            assert!(reserve.as_mut().poll(&mut context).is_pending());
+            assert!(reserve.as_mut().poll(&mut context).is_pending());
+            // ... until another stream's frame is done and gives its reservation back.
+            streams.pop();
+            assert!(reserve.as_mut().poll(&mut context).is_ready());
+        }
+        assert_eq!(held.bytes(), frame_bytes);
+        assert_eq!(budget.available_permits(), left);
+        drop(streams);
+        drop(held);
+        assert_eq!(budget.available_permits(), LARGE_FRAME_BUDGET_BYTES);
+    });
 }
 
 // ---- assets ----

@@ -176,7 +176,7 @@ pub fn start(
         metrics: shared.ingress.clone(),
         shared,
         idle_timeout: settings.idle_timeout,
-        large_frames: Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES)),
+        large_frames: LargeFrame::budget(),
     });
     match ingest.shared.config.transport {
         TransportKind::Tokio => Ok(Box::new(tokio::TokioTransport::start(
@@ -327,6 +327,46 @@ pub fn decode_ack(payload: &[u8]) -> Result<Ack, FrameError> {
 #[derive(Debug, Default)]
 pub struct LargeFrame(Option<(u64, ::tokio::sync::OwnedSemaphorePermit)>);
 
+impl LargeFrame {
+    /// A full [`LARGE_FRAME_BUDGET_BYTES`] budget, one per ingress.
+    pub fn budget() -> Arc<::tokio::sync::Semaphore> {
+        Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES))
+    }
+
+    /// Reserves from `budget` what the large message frame whose header `reader` has just
+    /// read needs, if it needs a reservation and does not hold it yet; waits while the budget
+    /// is spent (backpressure). Gives back the reservation of a completed frame.
+    pub async fn reserve(
+        &mut self,
+        budget: &Arc<::tokio::sync::Semaphore>,
+        reader: &frame::FrameReader,
+    ) {
+        let wanted = match reader.pending() {
+            Some((index, header))
+                if header.kind == Kind::Message && header.len > frame::BUFFER_KEPT_BYTES =>
+            {
+                Some((index, frame::pad16(header.len)))
+            }
+            _ => None,
+        };
+        if self.0.as_ref().map(|(index, _)| *index) == wanted.map(|(index, _)| index) {
+            return;
+        }
+        self.0 = None; // The frame it was for is complete.
+        if let Some((index, bytes)) = wanted {
+            // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
+            if let Ok(permit) = budget.clone().acquire_many_owned(bytes as u32).await {
+                self.0 = Some((index, permit));
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |(_, permit)| permit.num_permits())
+    }
+}
+
 /// One frame's place in a stream's reply queue.
 #[derive(Debug)]
 pub enum Outcome {
@@ -461,29 +501,7 @@ impl Ingest {
     /// Reserves the budget of a large message frame whose header `reader` has just read, if it
     /// needs one and does not hold it yet; waits while the budget is spent (backpressure).
     pub async fn reserve_large_frame(&self, reader: &frame::FrameReader, held: &mut LargeFrame) {
-        let wanted = match reader.pending() {
-            Some((index, header))
-                if header.kind == Kind::Message && header.len > frame::BUFFER_KEPT_BYTES =>
-            {
-                Some((index, frame::pad16(header.len)))
-            }
-            _ => None,
-        };
-        if held.0.as_ref().map(|(index, _)| *index) == wanted.map(|(index, _)| index) {
-            return;
-        }
-        held.0 = None; // The frame it was for is complete.
-        if let Some((index, bytes)) = wanted {
-            // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
-            if let Ok(permit) = self
-                .large_frames
-                .clone()
-                .acquire_many_owned(bytes as u32)
-                .await
-            {
-                held.0 = Some((index, permit));
-            }
-        }
+        held.reserve(&self.large_frames, reader).await;
     }
 
     /// The reply to a durable (or failed) request, counted.

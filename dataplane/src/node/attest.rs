@@ -498,6 +498,13 @@ mod tests {
 
     #[test]
     fn requests_past_attest_waiting_max_are_refused_at_once() {
+        // Made first, dropped last: a failing assertion drops the gate first, which frees the
+        // blocked provider calls the runtime waits for.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let (gate, gated) = std::sync::mpsc::channel();
         let key = AttestationKey {
             key: ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
@@ -509,11 +516,6 @@ mod tests {
             inventory_digest: None,
             process: None,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         runtime.block_on(async {
             // ATTEST_WAITING_MAX requests wait on the provider (one inside it, the rest on its
             // lock), each holding a permit.

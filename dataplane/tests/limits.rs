@@ -415,6 +415,12 @@ fn a_refusal_longer_than_refused_bytes_max_is_cut_to_fit() {
     };
     let short = refusal("é".repeat(100));
     assert_eq!(round_trip(&short).1, short);
+    // A refusal whose JSON is exactly REFUSED_BYTES_MAX bytes is sent whole, one byte more is cut.
+    let overhead = r#"{"error":"BadRequest","message":""}"#.len();
+    let whole = refusal("x".repeat(REFUSED_BYTES_MAX - overhead));
+    assert_eq!(round_trip(&whole), (REFUSED_BYTES_MAX, whole));
+    let (_, cut) = round_trip(&refusal("x".repeat(REFUSED_BYTES_MAX - overhead + 1)));
+    assert_eq!(cut, refusal("x".repeat(1024)));
     // 20,000 bytes of text: the code stays, the text is cut, the JSON stays valid.
     let (len, cut) = round_trip(&refusal("é".repeat(10_000)));
     assert!(len < REFUSED_BYTES_MAX, "{len}");

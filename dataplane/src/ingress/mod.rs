@@ -160,6 +160,8 @@ pub struct Settings {
     pub threads: usize,
     /// Idle timeout of connections and of streams stuck inside a frame.
     pub idle_timeout: Duration,
+    /// Open connections per endpoint, at most [`CONNECTIONS_MAX`].
+    pub connections_max: usize,
 }
 
 /// Starts the configured backend over `shared`, with the certificate of `wallet`.

@@ -96,7 +96,8 @@ impl TokioTransport {
                 Arc::new(quinn::TokioRuntime),
             )
             .map_err(io)?;
-            runtime.spawn(accept_loop(endpoint.clone(), ingest.clone()));
+            let connections_max = settings.connections_max.clamp(1, CONNECTIONS_MAX);
+            runtime.spawn(accept_loop(endpoint.clone(), ingest.clone(), connections_max));
             endpoints.push(endpoint);
         }
         Ok(Self {
@@ -159,10 +160,10 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
+async fn accept_loop(endpoint: quinn::Endpoint, ingest: Arc<Ingest>, connections_max: usize) {
     // Ends when the endpoint is closed (node shutdown).
     while let Some(incoming) = endpoint.accept().await {
-        if endpoint.open_connections() >= CONNECTIONS_MAX {
+        if endpoint.open_connections() >= connections_max {
             refused(&ingest.metrics, "connections-max");
             incoming.refuse();
             continue;

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub ingress_cores: usize,
     /// A QUIC connection, or a stream inside a frame, silent this long is closed (ms).
     pub quic_idle_timeout_ms: u64,
+    /// Most open QUIC connections per ingress endpoint, 1..=`ingress::CONNECTIONS_MAX`; more
+    /// handshakes are refused and counted.
+    pub quic_connections_max: usize,
     /// Most open HTTP connections; when all are taken, new ones wait in the accept backlog.
     pub http_connections_max: usize,
     /// An HTTP client that has not sent a whole request head this long after the connection
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             transport: crate::ingress::TransportKind::default(),
             ingress_cores: 0,
             quic_idle_timeout_ms: crate::ingress::IDLE_TIMEOUT_MS_DEFAULT,
+            quic_connections_max: crate::ingress::CONNECTIONS_MAX,
             http_connections_max: HTTP_CONNECTIONS_MAX_DEFAULT,
             http_header_timeout_ms: HTTP_HEADER_TIMEOUT_MS_DEFAULT,
             http_body_timeout_ms: HTTP_BODY_TIMEOUT_MS_DEFAULT,
@@ -190,6 +194,12 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "quic-idle-timeout-ms must be 100..=3600000".into(),
             ));
+        }
+        if !(1..=crate::ingress::CONNECTIONS_MAX).contains(&self.quic_connections_max) {
+            return Err(ConfigError::Invalid(format!(
+                "quic-connections-max must be 1..={}",
+                crate::ingress::CONNECTIONS_MAX
+            )));
         }
         if !(1..=HTTP_CONNECTIONS_MAX_LIMIT).contains(&self.http_connections_max) {
             return Err(ConfigError::Invalid(format!(

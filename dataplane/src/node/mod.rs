@@ -908,6 +908,7 @@ impl Node {
                     idle_timeout: std::time::Duration::from_millis(
                         shared.config.quic_idle_timeout_ms,
                     ),
+                    connections_max: shared.config.quic_connections_max,
                 },
             )?),
             None => None,

@@ -16,13 +16,11 @@ use ferrobeam::api::server::HTTP_CONNECTIONS_MAX_LIMIT;
 use ferrobeam::assets::{IDENTITY_BYTES_MAX, KIND_BYTES_MAX, UNIT_BYTES_MAX};
 use ferrobeam::execute::{
     ERROR_BYTES_MAX, Engine, EngineConfig, GLOBALS_MAX, Instance, Module, OUTBOX_BYTES_MAX,
-    RESPONSE_BYTES_MAX, SEND_TAGS_MAX, STDIO_BYTES_MAX, SlotInput, SlotOutcome,
-    TABLE_ELEMENTS_MAX,
+    RESPONSE_BYTES_MAX, SEND_TAGS_MAX, STDIO_BYTES_MAX, SlotInput, SlotOutcome, TABLE_ELEMENTS_MAX,
 };
 use ferrobeam::ingress::client::{QuicClient, message_frame};
 use ferrobeam::ingress::frame::{
-    self, FrameError, FrameReader, HEADER_BYTES, Header, Kind, PAYLOAD_BYTES_MAX,
-    REFUSED_BYTES_MAX,
+    self, FrameError, FrameReader, HEADER_BYTES, Header, Kind, PAYLOAD_BYTES_MAX, REFUSED_BYTES_MAX,
 };
 use ferrobeam::ingress::{
     CONNECTIONS_MAX, LARGE_FRAME_BUDGET_BYTES, LargeFrame, Refusal, Reply,
@@ -388,7 +386,10 @@ fn connections_past_the_maximum_are_refused_and_counted() {
         }
         assert_eq!(clients.len(), connections_max);
         let refused = QuicClient::connect(quic, address).await;
-        assert!(refused.is_err(), "connection past quic-connections-max accepted");
+        assert!(
+            refused.is_err(),
+            "connection past quic-connections-max accepted"
+        );
         // One closes: a new one gets in.
         clients.pop().unwrap().close().await;
         let mut again = None;

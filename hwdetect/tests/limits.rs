@@ -18,8 +18,7 @@ fn fixture_copy() -> tempfile::TempDir {
             let target = to.join(entry.file_name());
             let kind = entry.file_type().unwrap();
             if kind.is_symlink() {
-                std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &target)
-                    .unwrap();
+                std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &target).unwrap();
             } else if kind.is_dir() {
                 copy_tree(&entry.path(), &target);
             } else {
@@ -59,7 +58,11 @@ fn a_directory_past_its_maximum_fails_its_part_alone() {
     let sys = copy.path().join("sys");
     fill(&sys.join("class/net"), "veth", NIC_MAX + 1);
     fill(&sys.join("block"), "ram", DISK_MAX + 1);
-    fill(&sys.join("kernel/mm/hugepages"), "x", HUGE_PAGE_SIZE_MAX + 1);
+    fill(
+        &sys.join("kernel/mm/hugepages"),
+        "x",
+        HUGE_PAGE_SIZE_MAX + 1,
+    );
     fill(
         &sys.join("devices/system/cpu/cpu0/cache"),
         "index",
@@ -68,11 +71,18 @@ fn a_directory_past_its_maximum_fails_its_part_alone() {
     fill(&sys.join("devices/system/node"), "node", NUMA_NODE_MAX + 6);
     let inventory = Inventory::detect_at(&Roots::under(copy.path()));
     let over = |error: &str, max: usize, what: &str| {
-        assert!(error.contains(&format!("more than {max} {what}")), "{error}");
+        assert!(
+            error.contains(&format!("more than {max} {what}")),
+            "{error}"
+        );
     };
     over(error(&inventory.nics), NIC_MAX, "network interfaces");
     over(error(&inventory.disks), DISK_MAX, "block devices");
-    over(error(&inventory.memory), HUGE_PAGE_SIZE_MAX, "huge page sizes");
+    over(
+        error(&inventory.memory),
+        HUGE_PAGE_SIZE_MAX,
+        "huge page sizes",
+    );
     over(error(&inventory.cpu), CACHE_INDEX_MAX, "cache indexes");
     over(error(&inventory.topology), NUMA_NODE_MAX, "NUMA nodes");
     assert!(inventory.tee.ok().is_some(), "other parts still answer");

@@ -969,7 +969,10 @@ fn a_full_executor_queue_blocks_submit() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(executors.queued(0), EXECUTOR_QUEUE_MAX);
-        assert!(!submitter.is_finished(), "submitted past EXECUTOR_QUEUE_MAX");
+        assert!(
+            !submitter.is_finished(),
+            "submitted past EXECUTOR_QUEUE_MAX"
+        );
         // Taking replies frees the queue: every job runs, in order.
         for slot in 0..jobs {
             let done: JobDone = results.recv().unwrap();

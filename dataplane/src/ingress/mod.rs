@@ -365,7 +365,9 @@ impl LargeFrame {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |(_, permit)| permit.num_permits())
+        self.0
+            .as_ref()
+            .map_or(0, |(_, permit)| permit.num_permits())
     }
 }
 

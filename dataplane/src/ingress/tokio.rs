@@ -97,7 +97,11 @@ impl TokioTransport {
             )
             .map_err(io)?;
             let connections_max = settings.connections_max.clamp(1, CONNECTIONS_MAX);
-            runtime.spawn(accept_loop(endpoint.clone(), ingest.clone(), connections_max));
+            runtime.spawn(accept_loop(
+                endpoint.clone(),
+                ingest.clone(),
+                connections_max,
+            ));
             endpoints.push(endpoint);
         }
         Ok(Self {

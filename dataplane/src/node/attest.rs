@@ -522,7 +522,9 @@ mod tests {
             let waiting: Vec<_> = (0..ATTEST_WAITING_MAX)
                 .map(|n| {
                     let attestation = attestation.clone();
-                    tokio::spawn(async move { attestation.evidence(state, vec![n as u8; 16]).await })
+                    tokio::spawn(
+                        async move { attestation.evidence(state, vec![n as u8; 16]).await },
+                    )
                 })
                 .collect();
             let mut spins = 0;
@@ -532,7 +534,10 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             let refused = attestation.evidence(state, vec![0xee; 16]).await;
-            assert!(matches!(refused, Err(AttestError::AttestationBusy)), "{refused:?}");
+            assert!(
+                matches!(refused, Err(AttestError::AttestationBusy)),
+                "{refused:?}"
+            );
             // The provider answers them all; then there is room again.
             for _ in 0..=ATTEST_WAITING_MAX {
                 gate.send(()).unwrap();

@@ -511,8 +511,14 @@ mod tests {
     #[test]
     fn a_batch_is_at_most_read_batch_max_slots_and_the_queue_room() {
         let far = 1_000_000;
-        assert_eq!(batch_last(0, far, usize::MAX), Some(READ_BATCH_MAX as u64 - 1));
-        assert_eq!(batch_last(10, far, READ_BATCH_MAX + 1), Some(10 + READ_BATCH_MAX as u64 - 1));
+        assert_eq!(
+            batch_last(0, far, usize::MAX),
+            Some(READ_BATCH_MAX as u64 - 1)
+        );
+        assert_eq!(
+            batch_last(10, far, READ_BATCH_MAX + 1),
+            Some(10 + READ_BATCH_MAX as u64 - 1)
+        );
         assert_eq!(batch_last(10, far, 3), Some(12));
         assert_eq!(batch_last(10, 11, 3), Some(11));
         assert_eq!(batch_last(7, 7, 1), Some(7));

@@ -103,9 +103,16 @@ fn decode_base64url<'de, D: Deserializer<'de>>(
             "more than {bytes_max} bytes of base64url"
         )));
     }
-    URL_SAFE_NO_PAD
+    let bytes = URL_SAFE_NO_PAD
         .decode(text.as_bytes())
-        .map_err(|e| serde::de::Error::custom(format!("not unpadded base64url: {e}")))
+        .map_err(|e| serde::de::Error::custom(format!("not unpadded base64url: {e}")))?;
+    // The text check lets up to 2 bytes more through (4 characters carry 3 bytes).
+    if bytes.len() > bytes_max {
+        return Err(serde::de::Error::custom(format!(
+            "more than {bytes_max} bytes of base64url"
+        )));
+    }
+    Ok(bytes)
 }
 
 fixed_bytes!(

@@ -166,7 +166,8 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// terminated, or it has more than [`CERT_TABLE_ENTRIES_MAX`] entries.
 pub fn parse_cert_table(blob: &[u8], out: &mut DeviceReport) -> Result<(), EnclaveError> {
     let malformed = |why: &str| EnclaveError::MalformedReport(format!("certificate table: {why}"));
-    for index in 0..CERT_TABLE_ENTRIES_MAX {
+    // The terminator is not an entry: CERT_TABLE_ENTRIES_MAX entries and a zero one are read.
+    for index in 0..=CERT_TABLE_ENTRIES_MAX {
         let start = index * 24;
         let entry = blob
             .get(start..start + 24)

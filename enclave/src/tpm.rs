@@ -463,3 +463,26 @@ fn split_blob(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = 4usize.checked_add(len)?;
     Some((bytes.get(4..end)?, bytes.get(end..)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ak_file_over_ak_file_bytes_max_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ak");
+        let file = |bytes: u64| {
+            let mut content = AK_FILE_MAGIC.to_vec();
+            content.resize(bytes as usize, 0xff);
+            std::fs::write(&path, content).unwrap();
+            match read_ak_file(&path) {
+                Err(EnclaveError::AkFile { reason, .. }) => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        // At the maximum the file is read (and found malformed); one byte more is not read.
+        assert_eq!(file(AK_FILE_BYTES_MAX), "truncated");
+        assert_eq!(file(AK_FILE_BYTES_MAX + 1), "larger than 16 KiB");
+    }
+}

@@ -5,7 +5,9 @@ use ferrobeam_attest::{
     Error, EvidenceKind, Id32, MinTcb, Policy, SnpPolicy, StateParts, Verifier,
 };
 use ferrobeam_enclave::detect::{DetectPaths, detect_in};
-use ferrobeam_enclave::snp::{DeviceReport, SnpDevice, SnpProvider, parse_cert_table};
+use ferrobeam_enclave::snp::{
+    CERT_TABLE_ENTRIES_MAX, DeviceReport, SnpDevice, SnpProvider, parse_cert_table,
+};
 use ferrobeam_enclave::{EnclaveError, NoneProvider, collect};
 
 const REPORT_HEX: &str = include_str!("../../attest/tests/fixtures/report_milan.hex");
@@ -157,6 +159,30 @@ fn certificate_table_yields_vcek_ask_ark() {
     bad[20] = 0xFF;
     assert!(parse_cert_table(&bad, &mut DeviceReport::default()).is_err());
     assert!(parse_cert_table(&table[..30], &mut DeviceReport::default()).is_err());
+}
+
+#[test]
+fn a_certificate_table_past_cert_table_entries_max_is_refused() {
+    // `entries` entries of an unknown GUID with empty data, then the terminator.
+    let table = |entries: usize| {
+        let mut table = Vec::new();
+        for n in 0..entries {
+            table.extend(guid("11111111-2222-3333-4444-555555555555"));
+            table.extend((n as u32).to_le_bytes());
+            table.extend(0u32.to_le_bytes());
+        }
+        table.extend([0u8; 24]);
+        table
+    };
+    parse_cert_table(&table(CERT_TABLE_ENTRIES_MAX), &mut DeviceReport::default()).unwrap();
+    let over = parse_cert_table(
+        &table(CERT_TABLE_ENTRIES_MAX + 1),
+        &mut DeviceReport::default(),
+    );
+    assert!(
+        matches!(&over, Err(EnclaveError::MalformedReport(why)) if why.contains("too many entries")),
+        "{over:?}"
+    );
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct EngineConfig {
     /// Wall-clock deadline of one slot, in ms (rounded up to [`EPOCH_TICK_MS`]). A slot that
     /// runs longer fails with `wall-clock-limit exceeded`: the only nondeterministic failure.
     pub slot_wall_ms_max: u64,
+    /// Compiled modules kept in memory, 1..=[`MODULES_LOADED_MAX`]. Tests use small tables.
+    pub modules_loaded_max: usize,
 }
 
 impl EngineConfig {
@@ -63,6 +65,7 @@ impl EngineConfig {
             cache_dir: cache_dir.into(),
             instances_max: ENGINE_INSTANCES_MAX,
             slot_wall_ms_max: SLOT_WALL_MS_DEFAULT,
+            modules_loaded_max: MODULES_LOADED_MAX,
         }
     }
 }
@@ -86,6 +89,7 @@ struct Inner {
     ao_compatibility: String,
     instances_max: u32,
     epoch_ticks: u64,
+    modules_loaded_max: usize,
     loaded: Mutex<HashMap<Id, Module>>,
 }
 
@@ -193,6 +197,7 @@ impl Engine {
                 ao_compatibility,
                 instances_max,
                 epoch_ticks: config.slot_wall_ms_max.div_ceil(EPOCH_TICK_MS).max(1),
+                modules_loaded_max: config.modules_loaded_max.clamp(1, MODULES_LOADED_MAX),
                 loaded: Mutex::new(HashMap::new()),
             }),
         })
@@ -316,7 +321,7 @@ impl Engine {
             epoch_ticks: self.inner.epoch_ticks,
         };
         let mut loaded = self.loaded();
-        if loaded.len() >= MODULES_LOADED_MAX {
+        if loaded.len() >= self.inner.modules_loaded_max {
             loaded.clear();
         }
         loaded.insert(module_id, module.clone());

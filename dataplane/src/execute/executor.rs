@@ -152,6 +152,15 @@ impl Executors {
         self.queues.len()
     }
 
+    /// Jobs waiting in `core`'s queue (not counting the one it runs): at most the configured
+    /// `queue_max`, itself at most [`EXECUTOR_QUEUE_MAX`]. A gauge of the backlog.
+    ///
+    /// # Panics
+    /// When `core` is not below [`Executors::cores`].
+    pub fn queued(&self, core: usize) -> usize {
+        self.queues[core].len()
+    }
+
     /// The core that owns `process`.
     pub fn core_of(&self, process: &Id) -> usize {
         process::core_for(process, self.queues.len())

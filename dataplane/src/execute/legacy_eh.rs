@@ -694,7 +694,8 @@ impl Translator<'_> {
     }
 
     fn push_frame(&mut self, frame: Frame) -> Result<(), String> {
-        if self.frames.len() >= CONTROL_DEPTH_MAX {
+        // The function's own frame is at the bottom and is not a nested block.
+        if self.frames.len() > CONTROL_DEPTH_MAX {
             return Err(format!("more than {CONTROL_DEPTH_MAX} nested blocks"));
         }
         self.frames.push(frame);
@@ -1083,5 +1084,42 @@ mod tests {
             assert!(rewrite(&bad, &Rewrite::default()).is_err());
         }
         assert!(rewrite(b"\0asm\x01\0\0\0\x01", &Rewrite::default()).is_err());
+    }
+
+    /// A module whose one function nests `depth` blocks, a legacy `try` innermost.
+    fn nested(depth: usize) -> Vec<u8> {
+        use wasm_encoder::{CodeSection, FunctionSection, TypeSection};
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        let mut body = Function::new([]);
+        for _ in 0..depth - 1 {
+            body.instruction(&Instruction::Block(BlockType::Empty));
+        }
+        body.instruction(&Instruction::Try(BlockType::Empty));
+        body.instruction(&Instruction::CatchAll);
+        for _ in 0..depth {
+            body.instruction(&Instruction::End);
+        }
+        body.instruction(&Instruction::End);
+        let mut code = CodeSection::new();
+        code.function(&body);
+        let mut module = wasm_encoder::Module::new();
+        module.section(&types).section(&functions).section(&code);
+        module.finish()
+    }
+
+    #[test]
+    fn nesting_past_control_depth_max_is_refused() {
+        let at = nested(CONTROL_DEPTH_MAX);
+        assert!(uses_legacy(&at).unwrap());
+        let wasm = rewrite(&at, &Rewrite::default()).expect("CONTROL_DEPTH_MAX blocks translate");
+        assert!(!uses_legacy(&wasm).unwrap());
+        let over = rewrite(&nested(CONTROL_DEPTH_MAX + 1), &Rewrite::default());
+        assert_eq!(
+            over.unwrap_err(),
+            format!("function 0: more than {CONTROL_DEPTH_MAX} nested blocks")
+        );
     }
 }

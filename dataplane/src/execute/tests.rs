@@ -764,6 +764,41 @@ fn compiled_modules_are_cached_on_disk_and_reused() {
     );
 }
 
+#[test]
+fn past_modules_loaded_max_the_table_is_emptied_and_modules_map_again() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        EngineConfig::new(dir.path()).modules_loaded_max,
+        MODULES_LOADED_MAX
+    );
+    let mut config = EngineConfig::new(dir.path());
+    config.instances_max = 2;
+    config.modules_loaded_max = 2;
+    let engine = Engine::new(config).unwrap();
+    let modules: Vec<(Id, Vec<u8>)> = (0..3)
+        .map(|n| {
+            let bytes = native(&format!(
+                r#"(memory (export "memory") 1) (func (export "handle") (result i32) (i32.const {n}))"#
+            ));
+            (Id(Sha256::digest(&bytes).into()), bytes)
+        })
+        .collect();
+    let source = |n: usize| {
+        let (id, bytes) = &modules[n];
+        engine.load(*id, bytes).unwrap().source()
+    };
+    assert_eq!(source(0), ModuleSource::Compiled);
+    assert_eq!(source(1), ModuleSource::Compiled);
+    // Two fit: both are served from memory.
+    assert_eq!(source(0), ModuleSource::Memory);
+    assert_eq!(source(1), ModuleSource::Memory);
+    // A third finds the table full and empties it; the others map again from their .cwasm.
+    assert_eq!(source(2), ModuleSource::Compiled);
+    assert_eq!(source(2), ModuleSource::Memory);
+    assert_eq!(source(0), ModuleSource::Disk);
+    assert_eq!(source(0), ModuleSource::Memory);
+}
+
 fn fourth_load_source(dir: &std::path::Path, id: Id, bytes: &[u8]) -> ModuleSource {
     engine(dir).load(id, bytes).unwrap().source()
 }
@@ -903,6 +938,50 @@ fn executors_run_processes_in_order_and_snapshot_every_k() {
             got: 20
         })
     );
+    executors.shutdown();
+}
+
+#[test]
+fn a_full_executor_queue_blocks_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let module = load(&engine, &wasm(COUNTER));
+    let mut config = ExecutorsConfig::new(1);
+    config.queue_max = usize::MAX; // clamped to EXECUTOR_QUEUE_MAX
+    let executors = Executors::start(&engine, config).unwrap();
+    // Nobody takes a reply until the queue is full: the core sits on its first job's reply.
+    let (reply, results) = crossbeam_channel::bounded(0);
+    let definition = process_message(&module);
+    let jobs = EXECUTOR_QUEUE_MAX as u64 + 2;
+    std::thread::scope(|scope| {
+        let submitter = scope.spawn(|| {
+            for slot in 0..jobs {
+                executors
+                    .submit(counter_job(&module, &definition, slot, None, &reply))
+                    .unwrap();
+            }
+        });
+        // One job at the core, EXECUTOR_QUEUE_MAX queued, the last submit waits.
+        let mut spins = 0;
+        while executors.queued(0) < EXECUTOR_QUEUE_MAX && !submitter.is_finished() {
+            spins += 1;
+            assert!(spins < 100_000, "the queue never filled");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(executors.queued(0), EXECUTOR_QUEUE_MAX);
+        assert!(
+            !submitter.is_finished(),
+            "submitted past EXECUTOR_QUEUE_MAX"
+        );
+        // Taking replies frees the queue: every job runs, in order.
+        for slot in 0..jobs {
+            let done: JobDone = results.recv().unwrap();
+            assert_eq!(done.slot, slot);
+            assert!(done.outcome.is_ok());
+        }
+        submitter.join().unwrap();
+    });
+    assert_eq!(executors.queued(0), 0);
     executors.shutdown();
 }
 

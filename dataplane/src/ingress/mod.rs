@@ -254,7 +254,7 @@ pub fn start(
         metrics: shared.ingress.clone(),
         shared,
         idle_timeout: settings.idle_timeout,
-        large_frames: Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES)),
+        large_frames: LargeFrame::budget(),
     });
     let metrics = ingest.metrics.clone();
     let transport = match ingest.shared.config.transport {
@@ -482,9 +482,52 @@ impl LargeFrameWanted {
 pub struct LargeFrame(Option<(u64, ::tokio::sync::OwnedSemaphorePermit)>);
 
 impl LargeFrame {
+    /// A full [`LARGE_FRAME_BUDGET_BYTES`] budget, one per ingress.
+    pub fn budget() -> Arc<::tokio::sync::Semaphore> {
+        Arc::new(::tokio::sync::Semaphore::new(LARGE_FRAME_BUDGET_BYTES))
+    }
+
     /// Whether this reservation is already the one `wanted` (then reserving does nothing).
     pub fn is_for(&self, wanted: LargeFrameWanted) -> bool {
         self.0.as_ref().map(|(index, _)| *index) == wanted.0.map(|(index, _)| index)
+    }
+
+    /// Reserves from `budget` what the large message frame whose header `reader` has just
+    /// read needs, if it needs a reservation and does not hold it yet; waits while the budget
+    /// is spent (backpressure). Gives back the reservation of a completed frame.
+    pub async fn reserve(
+        &mut self,
+        budget: &Arc<::tokio::sync::Semaphore>,
+        reader: &frame::FrameReader,
+    ) {
+        self.reserve_wanted(budget, LargeFrameWanted::of(reader))
+            .await;
+    }
+
+    /// [`LargeFrame::reserve`] for a caller that cannot lend its reader to the future (the
+    /// io_uring backend polls the future from its ring loop).
+    pub async fn reserve_wanted(
+        &mut self,
+        budget: &Arc<::tokio::sync::Semaphore>,
+        wanted: LargeFrameWanted,
+    ) {
+        if self.is_for(wanted) {
+            return;
+        }
+        self.0 = None; // The frame it was for is complete.
+        if let Some((index, bytes)) = wanted.0 {
+            // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
+            if let Ok(permit) = budget.clone().acquire_many_owned(bytes as u32).await {
+                self.0 = Some((index, permit));
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |(_, permit)| permit.num_permits())
     }
 }
 
@@ -622,28 +665,13 @@ impl Ingest {
     /// Reserves the budget of a large message frame whose header `reader` has just read, if it
     /// needs one and does not hold it yet; waits while the budget is spent (backpressure).
     pub async fn reserve_large_frame(&self, reader: &frame::FrameReader, held: &mut LargeFrame) {
-        self.reserve_large(LargeFrameWanted::of(reader), held).await;
+        held.reserve(&self.large_frames, reader).await;
     }
 
     /// [`Ingest::reserve_large_frame`] for a caller that cannot lend its reader to the future
     /// (the io_uring backend polls the future from its ring loop).
     pub async fn reserve_large(&self, wanted: LargeFrameWanted, held: &mut LargeFrame) {
-        if held.is_for(wanted) {
-            return;
-        }
-        let wanted = wanted.0;
-        held.0 = None; // The frame it was for is complete.
-        if let Some((index, bytes)) = wanted {
-            // `bytes` ≤ FRAME_BYTES_MAX ≤ the budget ≤ u32::MAX (asserted at compile time).
-            if let Ok(permit) = self
-                .large_frames
-                .clone()
-                .acquire_many_owned(bytes as u32)
-                .await
-            {
-                held.0 = Some((index, permit));
-            }
-        }
+        held.reserve_wanted(&self.large_frames, wanted).await;
     }
 
     /// Decodes the frames of one chunk into items (messages in batches of `VERIFY_BATCH_MAX` are

@@ -241,14 +241,23 @@ impl Attestation {
             ),
             _ => tracing::info!(?mode, %kind, reason = %reason, "attestation"),
         }
-        Ok(Arc::new(Self {
-            kind,
+        Ok(Self::with_provider(provider, reason, ak_name, key))
+    }
+
+    fn with_provider(
+        provider: Provider,
+        reason: String,
+        ak_name: Option<Vec<u8>>,
+        key: AttestationKey,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            kind: provider.kind(),
             reason,
             ak_name,
             key,
             provider: Mutex::new(provider),
             waiting: tokio::sync::Semaphore::new(ATTEST_WAITING_MAX),
-        }))
+        })
     }
 
     /// The kind of evidence this node produces.
@@ -468,6 +477,77 @@ mod tests {
             assert_eq!(e.status(), 400);
             assert!(e.to_string().len() < 200, "the message echoes no input");
         }
+    }
+
+    /// Kind `none` evidence, once the test lets it through the gate.
+    struct Gated(std::sync::mpsc::Receiver<()>);
+
+    impl EvidenceProvider for Gated {
+        fn kind(&self) -> EvidenceKind {
+            EvidenceKind::None
+        }
+
+        fn evidence(
+            &mut self,
+            report_data: [u8; 64],
+        ) -> Result<ferrobeam_enclave::RawEvidence, EnclaveError> {
+            let _ = self.0.recv();
+            NoneProvider.evidence(report_data)
+        }
+    }
+
+    #[test]
+    fn requests_past_attest_waiting_max_are_refused_at_once() {
+        // Made first, dropped last: a failing assertion drops the gate first, which frees the
+        // blocked provider calls the runtime waits for.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (gate, gated) = std::sync::mpsc::channel();
+        let key = AttestationKey {
+            key: ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+        };
+        let attestation =
+            Attestation::with_provider(Box::new(Gated(gated)), "test".into(), None, key);
+        let state = StateParts {
+            config_id: Id32([1; 32]),
+            inventory_digest: None,
+            process: None,
+        };
+        runtime.block_on(async {
+            // ATTEST_WAITING_MAX requests wait on the provider (one inside it, the rest on its
+            // lock), each holding a permit.
+            let waiting: Vec<_> = (0..ATTEST_WAITING_MAX)
+                .map(|n| {
+                    let attestation = attestation.clone();
+                    tokio::spawn(
+                        async move { attestation.evidence(state, vec![n as u8; 16]).await },
+                    )
+                })
+                .collect();
+            let mut spins = 0;
+            while attestation.waiting.available_permits() > 0 {
+                spins += 1;
+                assert!(spins < 1_000_000, "more than ATTEST_WAITING_MAX permits");
+                tokio::task::yield_now().await;
+            }
+            let refused = attestation.evidence(state, vec![0xee; 16]).await;
+            assert!(
+                matches!(refused, Err(AttestError::AttestationBusy)),
+                "{refused:?}"
+            );
+            // The provider answers them all; then there is room again.
+            for _ in 0..=ATTEST_WAITING_MAX {
+                gate.send(()).unwrap();
+            }
+            for request in waiting {
+                assert_eq!(request.await.unwrap().unwrap().kind, EvidenceKind::None);
+            }
+            let again = attestation.evidence(state, vec![0xee; 16]).await.unwrap();
+            assert_eq!(again.nonce.0, vec![0xee; 16]);
+        });
     }
 
     #[test]

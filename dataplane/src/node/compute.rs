@@ -249,12 +249,9 @@ impl Dispatcher {
             return false;
         }
         let room = self.queue_max.saturating_sub(self.inflight_per_core[core]);
-        let last = state
-            .assigned
-            .min(next + room.min(READ_BATCH_MAX) as u64 - 1);
-        if room == 0 {
+        let Some(last) = batch_last(next, state.assigned, room) else {
             return false;
-        }
+        };
         let slots = match read_slots(&self.store, &process, next, last) {
             Ok(slots) => slots,
             Err(e) => {
@@ -526,6 +523,14 @@ fn restore_point(
     }
 }
 
+/// The last slot of the next batch from `next` (at most `assigned`): as many as the core's queue
+/// has `room` for, and at most [`READ_BATCH_MAX`]. `None` when the queue is full.
+fn batch_last(next: u64, assigned: u64, room: usize) -> Option<u64> {
+    debug_assert!(next <= assigned);
+    let size = room.min(READ_BATCH_MAX) as u64;
+    (size > 0).then(|| assigned.min(next + size - 1))
+}
+
 fn read_slots(
     store: &Store,
     process: &Id,
@@ -547,4 +552,28 @@ fn read_slots(
         out.push((assignment, message));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_at_most_read_batch_max_slots_and_the_queue_room() {
+        let far = 1_000_000;
+        assert_eq!(
+            batch_last(0, far, usize::MAX),
+            Some(READ_BATCH_MAX as u64 - 1)
+        );
+        assert_eq!(
+            batch_last(10, far, READ_BATCH_MAX + 1),
+            Some(10 + READ_BATCH_MAX as u64 - 1)
+        );
+        assert_eq!(batch_last(10, far, 3), Some(12));
+        assert_eq!(batch_last(10, 11, 3), Some(11));
+        assert_eq!(batch_last(7, 7, 1), Some(7));
+        // A full queue reads nothing, also for a process that has not started (slot 0).
+        assert_eq!(batch_last(0, far, 0), None);
+        assert_eq!(batch_last(5, far, 0), None);
+    }
 }

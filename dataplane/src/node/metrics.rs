@@ -160,15 +160,12 @@ impl Metrics {
             processes,
             replay_mismatches,
             messages_pushed,
-<<<<<<< HEAD
             http_connections,
             http_header_timeouts,
-=======
             push_queue_depth,
             push_attempts,
             push_failures,
             push_refused,
->>>>>>> soak
         }
     }
 

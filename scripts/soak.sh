@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --calibrate-s) calibrate_s="$2"; shift 2 ;;
     --load-pct) load_pct="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -10,12 +10,14 @@
 #    ping processes (ping chains push 32 times), result reads, slot reads, /metrics scrapes, and
 #    bad requests that must be refused (benches/src/bin/soak-load.rs).
 # 4. Every 10 s: the node's RSS (/proc/PID/status VmRSS), open fds (/proc/PID/fd), push queue
-#    depth, messages scheduled and slots computed (from /metrics) and the load average go to
-#    target/soak/soak-<time>.csv.
+#    depth, messages scheduled, slots computed, store memtable and block cache bytes (from
+#    /metrics) and the load average go to target/soak/soak-<time>.csv.
 # Passes (exit 0) when RSS grows less than 10 % after the warm-up (the first 20 % of the run,
 # at least 2 minutes when the run is longer than 4: growth = highest RSS after the warm-up over
 # the RSS at its end), no valid request failed, every bad request was refused, and the node is
 # still up. Prints a summary either way.
+# FERROBEAM_SOAK_WRAP="cmd args" starts the node under a wrapper such as a heap profiler
+# (FERROBEAM_SOAK_WRAP="heaptrack -o /tmp/soak-heap"); RSS is still sampled from the node itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=10
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     --calibrate-s) calibrate_s="$2"; shift 2 ;;
     --load-pct) load_pct="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,14 +49,32 @@ cleanup() {
   if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
     kill "$node_pid"; wait "$node_pid" 2>/dev/null || true
   fi
+  # Let the wrapper finish (a profiler writes its report after the node exits).
+  if [ -n "$wrapper_pid" ]; then
+    wait "$wrapper_pid" 2>/dev/null || true
+    cat "$work/node.log" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-"$node_bin" node --data "$work/data" --http "127.0.0.1:$port" --attestation none >"$work/node.log" 2>&1 &
+wrap=()
+[ -n "${FERROBEAM_SOAK_WRAP:-}" ] && read -r -a wrap <<<"$FERROBEAM_SOAK_WRAP"
+"${wrap[@]}" "$node_bin" node --data "$work/data" --http "127.0.0.1:$port" --attestation none >"$work/node.log" 2>&1 &
 node_pid=$!
+wrapper_pid=""
+if [ ${#wrap[@]} -gt 0 ]; then
+  # The wrapper's child is the node: sample and stop the node itself.
+  wrapper_pid=$node_pid
+  for _ in $(seq 1 100); do
+    node_pid=$(pgrep -n -f "^$node_bin node --data $work/data " || true)
+    [ -n "$node_pid" ] && break
+    sleep 0.1
+  done
+  [ -n "$node_pid" ] || { cat "$work/node.log" >&2; echo "soak.sh: no node under the wrapper" >&2; exit 1; }
+fi
 for _ in $(seq 1 300); do
   curl -fsS "$url/~meta@1.0/info" >/dev/null 2>&1 && break
   kill -0 "$node_pid" 2>/dev/null || { cat "$work/node.log" >&2; echo "soak.sh: the node did not start" >&2; exit 1; }
@@ -69,16 +89,18 @@ echo "soak.sh: maximum $max_rate requests/s; soaking at $rate requests/s ($load_
 
 mkdir -p target/soak
 csv="target/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
-echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,load1" >"$csv"
+echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,memtables_kb,block_cache_kb,load1" >"$csv"
 sample() {
-  local elapsed=$1 rss fds metrics depth scheduled computed
+  local elapsed=$1 rss fds metrics depth scheduled computed memtables cache
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status")
   fds=$(ls "/proc/$node_pid/fd" | wc -l)
   metrics=$(curl -fsS "$url/metrics")
   depth=$(awk '$1 == "ferrobeam_push_queue_depth" {print $2}' <<<"$metrics")
   scheduled=$(awk '$1 == "ferrobeam_messages_scheduled_total" {print $2}' <<<"$metrics")
   computed=$(awk '$1 == "ferrobeam_slots_computed_total" {print $2}' <<<"$metrics")
-  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
+  memtables=$(awk '$1 == "ferrobeam_store_write_buffer_bytes" {print int($2 / 1024)}' <<<"$metrics")
+  cache=$(awk '$1 == "ferrobeam_store_block_cache_bytes" {print int($2 / 1024)}' <<<"$metrics")
+  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},${memtables:-0},${cache:-0},$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
 }
 
 duration_s=$((minutes * 60))
@@ -134,6 +156,9 @@ else:
         ok = False
 print(f"soak: RSS warm-up end ({warmup_s:.0f} s) {base/1024:.1f} MiB, highest after {peak/1024:.1f} MiB: growth {growth:+.1f} % (limit 10 %)")
 print(f"soak: open fds min {min(fds)} max {max(fds)}; push queue depth max {max(depth)}; scheduled {int(rows[-1]['scheduled'])}, computed {int(rows[-1]['computed'])} at the end; load average {min(load1):.1f}..{max(load1):.1f}")
+mem = [r["memtables_kb"] for r in rows]
+cache = [r["block_cache_kb"] for r in rows]
+print(f"soak: store memtables max {max(mem)/1024:.1f} MiB, block cache max {max(cache)/1024:.1f} MiB")
 if growth >= 10:
     ok = False
 if load_status != "0":

@@ -49,6 +49,10 @@ pub struct Metrics {
     /// HTTP connections closed because the request head did not arrive within
     /// `http-header-timeout-ms` (slow clients, idle keep-alive connections).
     pub http_header_timeouts: Counter,
+    /// Bytes in the store's memtables (active and sealed), set when `/metrics` is rendered.
+    pub store_write_buffer_bytes: Gauge,
+    /// Bytes in the store's block cache, set when `/metrics` is rendered.
+    pub store_block_cache_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +86,18 @@ impl Metrics {
         let push_attempts = Counter::default();
         let push_failures = Counter::default();
         let push_refused = Counter::default();
+        let store_write_buffer_bytes = Gauge::default();
+        let store_block_cache_bytes = Gauge::default();
+        registry.register(
+            "store_write_buffer_bytes",
+            "Bytes in the store's memtables",
+            store_write_buffer_bytes.clone(),
+        );
+        registry.register(
+            "store_block_cache_bytes",
+            "Bytes in the store's block cache",
+            store_block_cache_bytes.clone(),
+        );
         registry.register(
             "push_queue_depth",
             "Pushes queued for their target, not yet acknowledged",
@@ -166,6 +182,8 @@ impl Metrics {
             push_attempts,
             push_failures,
             push_refused,
+            store_write_buffer_bytes,
+            store_block_cache_bytes,
         }
     }
 

@@ -701,6 +701,14 @@ impl Shared {
     /// `/metrics` text.
     pub fn metrics_text(&self) -> String {
         self.metrics.processes.set(self.read_heads().len() as i64);
+        let memory = self.store.memory();
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics
+            .store_write_buffer_bytes
+            .set(gauge(memory.write_buffer));
+        self.metrics
+            .store_block_cache_bytes
+            .set(gauge(memory.block_cache));
         let mut text = self.metrics.render();
         // prometheus-client ends with `# EOF`; the inventory gauges go before it.
         if let Some(stripped) = text.strip_suffix("# EOF\n") {

@@ -14,6 +14,7 @@ mod assets;
 
 use std::path::Path;
 
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::message::{Id, Message, MessageError, wire};
@@ -140,18 +141,54 @@ impl QueuedPush {
     }
 }
 
+// The store's memory settings. Everything fjall keeps in memory is bounded by one of these, so
+// the node's memory has a stated ceiling (docs/operators.md, "Memory").
+
+/// fjall's block cache (data, and index/filter blocks that are not pinned), shared by all
+/// keyspaces. The duplicate lookup every post makes and result reads fill it; it never grows
+/// past this.
+pub const BLOCK_CACHE_BYTES: u64 = 32 << 20;
 /// Largest memtable of one keyspace before it is sealed and flushed to a table file (fjall's
 /// default is 64 MiB). Memtables hold every recent write in memory, so this bounds the store's
-/// write memory: at most `KEYSPACES` × this in active memtables (144 MiB), plus sealed ones
-/// while they flush. The soak (docs/RELIABILITY.md) found the default let the node's RSS climb for
-/// minutes (a keyspace of small entries such as `index` takes ~10 minutes at ~2,000 messages/s
-/// to reach 64 MiB). Applies to keyspaces created with it (the setting is stored with each
-/// keyspace).
-pub const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+/// write memory: at most `KEYSPACES` × this in active memtables, plus sealed ones while they
+/// flush. The soak (docs/RELIABILITY.md) chose it: with 64 MiB the node's RSS climbed for minutes,
+/// and with 16 MiB the six keyspaces written under load held 20–68 MiB between them (heap
+/// profile: memtables were most of the heap) and slow ones such as `index` (~150 KB/s at ~1,300
+/// posts/s) first filled after ~2 minutes, so the allocator's high-water mark kept rising after
+/// the warm-up. At 4 MiB every keyspace cycles within seconds to a minute. Applies to keyspaces
+/// created with it (the setting is stored with each keyspace).
+pub const MEMTABLE_BYTES_MAX: u64 = 4 << 20;
+/// Journal bytes on disk before fjall flushes the memtables that hold the oldest journal file:
+/// it bounds the unflushed writes of all keyspaces together (and recovery time), whatever the
+/// per-keyspace bound. fjall's minimum is 64 MiB, in journal files of ~64 MB.
+pub const JOURNAL_BYTES_MAX: u64 = 512 << 20;
+/// LSM levels whose index blocks stay pinned in memory (the rest go through the block cache).
+/// A pinned block grows with its level's data; levels 0 and 1 are bounded by compaction (a few
+/// tables of at most 64 MiB).
+pub const INDEX_PINNED_LEVELS: usize = 2;
+/// LSM levels whose filter (Bloom) blocks stay pinned in memory.
+pub const FILTER_PINNED_LEVELS: usize = 1;
 /// Keyspaces of the store.
 const KEYSPACES: u64 = 9;
 // The active memtables together stay a small part of a node's memory.
-const _: () = assert!(KEYSPACES * MEMTABLE_BYTES_MAX <= 256 << 20);
+const _: () = assert!(KEYSPACES * MEMTABLE_BYTES_MAX <= 64 << 20);
+const _: () = assert!(JOURNAL_BYTES_MAX >= 64 << 20);
+
+/// Pinning of the first `levels` levels, none below.
+fn pinned(levels: usize) -> PinningPolicy {
+    let mut policy = vec![true; levels];
+    policy.push(false);
+    PinningPolicy::new(policy)
+}
+
+/// What the store holds in memory now, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Active and sealed memtables of all keyspaces.
+    pub write_buffer: u64,
+    /// Blocks in the block cache (at most [`BLOCK_CACHE_BYTES`]).
+    pub block_cache: u64,
+}
 
 /// The node's durable state.
 pub struct Store {
@@ -193,10 +230,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).open()?;
+        let db = Database::builder(dir)
+            .cache_size(BLOCK_CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
+            .open()?;
         let open = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES_MAX)
+                    .index_block_pinning_policy(pinned(INDEX_PINNED_LEVELS))
+                    .filter_block_pinning_policy(pinned(FILTER_PINNED_LEVELS))
             })
         };
         Ok(Self {
@@ -211,6 +254,14 @@ impl Store {
             assets: open("assets")?,
             db,
         })
+    }
+
+    /// What the store holds in memory now (memtables and block cache).
+    pub fn memory(&self) -> StoreMemory {
+        StoreMemory {
+            write_buffer: self.db.write_buffer_size(),
+            block_cache: self.db.cache_size(),
+        }
     }
 
     /// Stores module bytes under their id, durably.
@@ -674,6 +725,36 @@ mod tests {
             (records * record.len() as u64) >> 20
         );
         assert_eq!(store.result(&p, records - 1).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn the_block_cache_stays_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Id([8; 32]);
+        let record = vec![9u8; 64 << 10];
+        // 1.5 × the cache in table files, then read all of it back.
+        let records = (BLOCK_CACHE_BYTES * 3 / 2) / record.len() as u64;
+        for slot in 0..records {
+            store.put_result(&p, slot, &record).unwrap();
+        }
+        store.results.rotate_memtable_and_wait().unwrap();
+        // Flushes run on fjall's workers: wait (bounded) until no sealed memtable is left.
+        for _ in 0..3_000 {
+            if store.results.sealed_memtable_count() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(store.results.sealed_memtable_count(), 0);
+        for slot in 0..records {
+            assert_eq!(store.result(&p, slot).unwrap().as_ref(), Some(&record));
+        }
+        let memory = store.memory();
+        assert!(
+            memory.block_cache <= BLOCK_CACHE_BYTES && memory.block_cache >= BLOCK_CACHE_BYTES / 2,
+            "{memory:?}"
+        );
     }
 
     #[test]

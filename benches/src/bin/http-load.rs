@@ -17,15 +17,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use bytes::Bytes;
 use clap::Parser;
-use ferrobeam::message::{Id, Message, Wallet, json};
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use ferrobeam::message::{Id, Message, Wallet};
+use hyper::{Method, StatusCode};
 use serde_json::Value as Json;
+
+#[path = "../../load/connection.rs"]
+mod connection;
+use connection::{Connection, message_body};
 
 /// The module every load run spawns: `handle` returns 0 (compute is not what is measured).
 const NOOP_WAT: &str = r#"(module
@@ -105,63 +106,6 @@ fn main() -> Result<()> {
         print_human(&report);
     }
     Ok(())
-}
-
-/// One connection's sender and its host header.
-struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    authority: String,
-}
-
-impl Connection {
-    async fn open(authority: &str) -> Result<Self> {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // The driver ends with the connection; its error shows up on the next request.
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        Ok(Self {
-            sender,
-            authority: authority.to_owned(),
-        })
-    }
-
-    async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        media: &str,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes)> {
-        self.sender.ready().await?;
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, media)
-            .body(Full::new(body))?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-
-    async fn json(&mut self, method: Method, path: &str, media: &str, body: Bytes) -> Result<Json> {
-        let (status, body) = self.request(method, path, media, body).await?;
-        let json: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
-        if !status.is_success() {
-            bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&body));
-        }
-        Ok(json)
-    }
-}
-
-fn message_body(message: &Message) -> Bytes {
-    Bytes::from(serde_json::to_vec(&json::to_json(message)).expect("a JSON value serializes"))
 }
 
 /// Uploads the no-op module and spawns a fresh process on it (a new anchor each run, so the
@@ -263,7 +207,7 @@ async fn drive(
         };
         *tally.errors.entry(failure).or_default() += 1;
         // After a transport error or a timeout the connection's state is unknown: replace it.
-        if reconnect || connection.sender.is_closed() {
+        if reconnect || connection.is_closed() {
             match Connection::open(&connection.authority).await {
                 Ok(fresh) => connection = fresh,
                 Err(_) => return tally,

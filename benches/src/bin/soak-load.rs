@@ -26,14 +26,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
 use clap::Parser;
 use ferrobeam::message::{Id, Message, Wallet, json};
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::{SeedableRng, seq::SliceRandom};
 use serde_json::Value as Json;
+
+#[path = "../../load/connection.rs"]
+mod connection;
+use connection::{Connection, message_body};
 
 const NOOP_WAT: &str = r#"(module
   (memory (export "memory") 1)
@@ -98,46 +99,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    authority: String,
-}
-
-impl Connection {
-    async fn open(authority: &str) -> Result<Self> {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        Ok(Self {
-            sender,
-            authority: authority.to_owned(),
-        })
-    }
-
-    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        self.sender.ready().await?;
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-}
-
-fn body(message: &Message) -> Bytes {
-    Bytes::from(serde_json::to_vec(&json::to_json(message)).expect("a JSON value serializes"))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Noop,
@@ -169,11 +130,14 @@ async fn setup(authority: &str) -> Result<Shared> {
         (Kind::Ping, PING_WAT),
     ] {
         let wasm = wat::parse_str(wat)?;
-        let (status, answer) = connection
-            .request(Method::POST, "/~wasm@1.0/module", wasm.into())
+        let answer = connection
+            .json(
+                Method::POST,
+                "/~wasm@1.0/module",
+                "application/wasm",
+                wasm.into(),
+            )
             .await?;
-        ensure!(status < 300, "module upload: HTTP {status}");
-        let answer: Json = serde_json::from_slice(&answer)?;
         let module = answer["module"]
             .as_str()
             .context("no module id")?
@@ -184,11 +148,14 @@ async fn setup(authority: &str) -> Result<Shared> {
                 .with("module", module.as_str())
                 .with("anchor", format!("soak-{run}-{n}"));
             let signed = wallet.sign(process, &mut rand::rngs::OsRng);
-            let (status, answer) = connection
-                .request(Method::POST, "/~scheduler@1.0/schedule", body(&signed))
+            let answer = connection
+                .json(
+                    Method::POST,
+                    "/~scheduler@1.0/schedule",
+                    "application/json",
+                    message_body(&signed),
+                )
                 .await?;
-            ensure!(status < 300, "spawn: HTTP {status}");
-            let answer: Json = serde_json::from_slice(&answer)?;
             let id: Id = answer["process"].as_str().context("no process")?.parse()?;
             processes.push((id, kind));
         }
@@ -265,7 +232,7 @@ fn post(shared: &Shared, rng: &mut StdRng) -> Planned {
         op: "post",
         method: Method::POST,
         path: format!("/{process}/schedule"),
-        body: body(&signed),
+        body: message_body(&signed),
         expect: 201,
         counter: (kind == Kind::Counter).then_some(process),
     }
@@ -293,7 +260,7 @@ fn bad(shared: &Shared, rng: &mut StdRng) -> Planned {
         0 => (
             "bad-unsigned",
             format!("/{process}/schedule"),
-            body(&message),
+            message_body(&message),
             401,
         ),
         1 => {
@@ -319,7 +286,7 @@ fn bad(shared: &Shared, rng: &mut StdRng) -> Planned {
             (
                 "bad-unknown-process",
                 format!("/{unknown}/schedule"),
-                body(&signed),
+                message_body(&signed),
                 404,
             )
         }
@@ -366,11 +333,16 @@ async fn drive(
         let start = Instant::now();
         let answer = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            connection.request(planned.method.clone(), &planned.path, planned.body.clone()),
+            connection.request(
+                planned.method.clone(),
+                &planned.path,
+                "application/json",
+                planned.body.clone(),
+            ),
         )
         .await;
         let (outcome, reconnect) = match answer {
-            Ok(Ok((status, body))) if status == planned.expect => (Ok(body), false),
+            Ok(Ok((status, body))) if status.as_u16() == planned.expect => (Ok(body), false),
             Ok(Ok((status, body))) => (
                 Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))),
                 false,
@@ -408,7 +380,7 @@ async fn drive(
                 }
             }
         }
-        if reconnect || connection.sender.is_closed() {
+        if reconnect || connection.is_closed() {
             match Connection::open(&connection.authority).await {
                 Ok(fresh) => connection = fresh,
                 Err(e) => {

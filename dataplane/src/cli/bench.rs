@@ -206,11 +206,21 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
         .await
         .zip(node_cpu_before)
         .map(|(after, before)| after - before);
-    // The packet size MTU discovery reached: what the run really used.
-    let path_mtu = clients
+    // The packet size MTU discovery reached: what the run really used. Probes, losses and
+    // black holes say why it is not the configured one.
+    let paths: Vec<_> = clients
         .iter()
-        .map(|client| client.connection().stats().path.current_mtu)
-        .max();
+        .map(|client| client.connection().stats().path)
+        .collect();
+    let path_mtu = paths.iter().map(|path| path.current_mtu).max();
+    let path_stats = json!({
+        "sent-packets": paths.iter().map(|p| p.sent_packets).sum::<u64>(),
+        "lost-packets": paths.iter().map(|p| p.lost_packets).sum::<u64>(),
+        "congestion-events": paths.iter().map(|p| p.congestion_events).sum::<u64>(),
+        "sent-mtu-probes": paths.iter().map(|p| p.sent_plpmtud_probes).sum::<u64>(),
+        "lost-mtu-probes": paths.iter().map(|p| p.lost_plpmtud_probes).sum::<u64>(),
+        "black-holes-detected": paths.iter().map(|p| p.black_holes_detected).sum::<u64>(),
+    });
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;
@@ -228,6 +238,7 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
     );
     report["max-udp-payload"] = json!(args.max_udp_payload);
     report["path-udp-payload"] = json!(path_mtu);
+    report["client-paths"] = path_stats;
     Ok(report)
 }
 

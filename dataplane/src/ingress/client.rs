@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::Reply;
 use super::frame::{self, Event, FrameError, FrameReader, Kind};
 use super::tls::{self, TlsError};
-use super::tokio::{endpoint_config, set_max_udp_payload, transport_config};
+use super::tokio::{TokioSocket, endpoint_config, set_max_udp_payload, transport_config};
 use crate::message::{Address, Message, wire};
 
 /// Idle timeout of client connections (the node's own may be shorter).
@@ -110,8 +110,9 @@ impl QuicClient {
         let socket = std::net::UdpSocket::bind(local).map_err(ClientError::Bind)?;
         let socket = socket2::Socket::from(socket);
         super::tokio::set_buffers(&socket);
-        let socket = std::net::UdpSocket::from(socket);
-        let mut endpoint = quinn::Endpoint::new(
+        let socket =
+            TokioSocket::wrap(socket.into(), max_udp_payload, None).map_err(ClientError::Bind)?;
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(max_udp_payload),
             None,
             socket,

@@ -57,6 +57,9 @@ pub const UDP_PAYLOAD_BYTES_DEFAULT: u16 = 1452;
 /// `wmem_max`). The 208 KiB default overflows on loopback while a receiver is descheduled, and
 /// the losses make MTU discovery fall back to 1200-byte packets (black-hole detection).
 pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes one GSO send may carry: the IPv4/IPv6 payload limit (65,535) less the IP and UDP
+/// headers, rounded down. Every backend bounds its batches by it.
+pub const GSO_BYTES_MAX: usize = 65_000;
 /// Smallest UDP payload QUIC allows (RFC 9000 §14: every path carries 1200-byte datagrams).
 pub const UDP_PAYLOAD_BYTES_MIN: u16 = 1200;
 /// Largest configurable UDP payload: a 9000-byte jumbo frame less IPv6 and UDP headers.

@@ -101,7 +101,12 @@ impl TokioTransport {
         for _ in 0..settings.threads {
             let socket = reuse_port_socket(local).map_err(io)?;
             local = socket.local_addr().map_err(io)?;
-            let socket = CountingSocket::wrap(socket, ingest.metrics.clone()).map_err(io)?;
+            let socket = TokioSocket::wrap(
+                socket,
+                settings.max_udp_payload,
+                Some(ingest.metrics.clone()),
+            )
+            .map_err(io)?;
             let endpoint = quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config(settings.max_udp_payload),
                 Some(server.clone()),
@@ -416,26 +421,45 @@ fn close_invalid(ingest: &Ingest, recv: &mut quinn::RecvStream, e: &FrameError) 
     let _ = recv.stop(VarInt::from_u32(code::FRAME_INVALID));
 }
 
-/// quinn's tokio socket, counting what arrives and what cannot be QUIC (quinn drops those
-/// silently; the node wants them in `/metrics`).
+/// quinn's tokio socket, with its GSO batches bounded to what one send may carry and, on the
+/// node, counting what arrives and what cannot be QUIC (quinn drops those silently; the node wants
+/// them in `/metrics`).
+///
+/// quinn batches up to 10 packets of the current MTU into one GSO send. Past 6.5 KB packets that
+/// is more than the 64 KB the kernel takes in one send (10 × 8952 B = 89.5 KB): `sendmsg` fails
+/// with `EMSGSIZE`, which quinn-udp takes for a too-large MTU probe and swallows, so the whole
+/// batch is lost; under bulk load the losses look like an MTU black hole and quinn falls back to
+/// 1200-byte packets. Capping the segments at `GSO_BYTES_MAX / max_udp_payload` keeps every
+/// batch sendable.
 #[derive(Debug)]
-struct CountingSocket {
+pub(super) struct TokioSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    metrics: Arc<IngressMetrics>,
+    metrics: Option<Arc<IngressMetrics>>,
+    segments_max: usize,
 }
 
-impl CountingSocket {
-    fn wrap(
+impl TokioSocket {
+    pub(super) fn wrap(
         socket: std::net::UdpSocket,
-        metrics: Arc<IngressMetrics>,
+        max_udp_payload: u16,
+        metrics: Option<Arc<IngressMetrics>>,
     ) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
         use quinn::Runtime as _;
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
-        Ok(Arc::new(Self { inner, metrics }))
+        Ok(Arc::new(Self {
+            inner,
+            metrics,
+            segments_max: gso_segments_max(max_udp_payload),
+        }))
     }
 }
 
-impl AsyncUdpSocket for CountingSocket {
+/// Most packets of `max_udp_payload` bytes one GSO send may carry.
+pub(super) fn gso_segments_max(max_udp_payload: u16) -> usize {
+    (super::GSO_BYTES_MAX / usize::from(max_udp_payload.max(1))).max(1)
+}
+
+impl AsyncUdpSocket for TokioSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
     }
@@ -451,11 +475,11 @@ impl AsyncUdpSocket for CountingSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<std::io::Result<usize>> {
         let polled = self.inner.poll_recv(cx, bufs, meta);
-        if let Poll::Ready(Ok(count)) = &polled {
+        if let (Poll::Ready(Ok(count)), Some(metrics)) = (&polled, &self.metrics) {
             for (buf, meta) in bufs.iter().zip(meta.iter()).take(*count) {
                 let stride = meta.stride.max(1);
                 for segment in buf[..meta.len.min(buf.len())].chunks(stride) {
-                    self.metrics.count_datagram(segment);
+                    metrics.count_datagram(segment);
                 }
             }
         }
@@ -467,7 +491,7 @@ impl AsyncUdpSocket for CountingSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.inner.max_transmit_segments().min(self.segments_max)
     }
 
     fn max_receive_segments(&self) -> usize {

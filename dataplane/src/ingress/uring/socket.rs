@@ -7,9 +7,7 @@ use std::os::fd::AsRawFd;
 
 use super::ring::set_int;
 
-/// Most bytes one GSO send may carry: the IPv4/IPv6 payload limit (65,535) less the IP and UDP
-/// headers, rounded down.
-pub const GSO_BYTES_MAX: usize = 65_000;
+pub use crate::ingress::GSO_BYTES_MAX;
 /// Most segments of one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 or more).
 pub const GSO_SEGMENTS_MAX: usize = 64;
 /// Kernel socket buffers: 8 MiB hold a few milliseconds at 10+ Gbit/s while the ring catches up.

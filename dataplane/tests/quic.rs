@@ -11,9 +11,12 @@ use std::time::Duration;
 use common::{NOOP_WAT, get, path, post, spawn_wat, tempdir, wallet};
 use ferrobeam::ingress::client::{ClientError, QuicClient, bulk_frame, message_frame};
 use ferrobeam::ingress::frame::{self, HEADER_BYTES, Kind, PAYLOAD_BYTES_MAX};
-use ferrobeam::ingress::{Reply, TransportKind, code};
+use ferrobeam::ingress::{
+    FRAMES_IN_FLIGHT_PER_STREAM_MAX, READ_CHUNK_BYTES_MAX, Reply, STREAM_RECEIVE_WINDOW_BYTES,
+    TransportKind, code,
+};
 use ferrobeam::message::{Address, Id, Message, Wallet, json};
-use ferrobeam::node::{Node, NodeConfig};
+use ferrobeam::node::{Node, NodeConfig, WeakSequencer};
 use ferrobeam::schedule::{Assignment, verify_schedule};
 
 /// A node with a QUIC ingress, in this process; stopped on drop.
@@ -21,6 +24,7 @@ struct QuicNode {
     http: String,
     quic: SocketAddr,
     address: Address,
+    sequencer: WeakSequencer,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -50,6 +54,7 @@ impl QuicNode {
                     node.local_addr().unwrap(),
                     node.quic_addr().expect("QUIC ingress"),
                     node.address(),
+                    node.sequencer(),
                 );
                 ready_tx.send(ready).unwrap();
                 node.serve(async {
@@ -59,13 +64,14 @@ impl QuicNode {
                 .unwrap();
             });
         });
-        let (http, quic, address) = ready_rx
+        let (http, quic, address, sequencer) = ready_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("node ready");
         Self {
             http: format!("http://{http}"),
             quic,
             address,
+            sequencer,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -476,6 +482,101 @@ fn a_stream_that_never_finishes_is_closed_by_the_idle_timeout(kind: TransportKin
     );
 }
 
+/// While the sequencer is held no frame is answered: the node reads a stream up to
+/// `FRAMES_IN_FLIGHT_PER_STREAM_MAX` frames (plus what its last read chunk held), then stops, so
+/// the stream's credit stops growing and the client's writes block once the receive window is
+/// full. Released, the acks go out, reading resumes and every frame is answered in order. The
+/// frames are ~32 KiB, so the window holds only ~64 of them and the cap is what binds.
+fn a_stream_is_not_read_past_frames_in_flight_per_stream_max(kind: TransportKind) {
+    let dir = tempdir();
+    let node = QuicNode::start(kind, &path(&dir), 60_000);
+    let alice = wallet(6);
+    let process = spawn_wat(&node.http, &alice, NOOP_WAT, &[]);
+    let message = |n: usize| {
+        let message = Message::new()
+            .with("target", process.to_string())
+            .with("n", n as i64)
+            .with("data", vec![n as u8; 32 * 1024]);
+        alice.sign(message, &mut rand::rngs::OsRng)
+    };
+    let frame_bytes = message_frame(&message(0)).len();
+    let window_frames = STREAM_RECEIVE_WINDOW_BYTES as usize / frame_bytes;
+    // A read takes up to a chunk before the cap is checked again.
+    let chunk_frames = READ_CHUNK_BYTES_MAX.div_ceil(frame_bytes) + 1;
+    let total = FRAMES_IN_FLIGHT_PER_STREAM_MAX + window_frames + 32;
+    let messages: Vec<Message> = (0..total).map(message).collect();
+    let frames: Vec<Vec<u8>> = messages.iter().map(message_frame).collect();
+    let read_frames =
+        || node.metric("ferrobeam_quic_frames_received_total{kind=\"message\"} ") as usize;
+    let read_before = read_frames();
+    let rt = runtime();
+    let client = rt
+        .block_on(QuicClient::connect(node.quic, node.address))
+        .unwrap();
+    let (mut sender, mut receiver) = rt.block_on(client.open()).unwrap();
+    let hold = node.sequencer.hold();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = rt.spawn({
+        let written = written.clone();
+        async move {
+            for frame in frames {
+                sender.send(&frame).await.unwrap();
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            sender.finish();
+        }
+    });
+    let written_frames = || written.load(std::sync::atomic::Ordering::SeqCst);
+    // The node reads up to its cap, and the client fills the window behind it (quinn returns
+    // credit in steps of 1/8 of the window, s2n as it is read: half of it is sure to come).
+    let filled = || {
+        read_frames() - read_before >= FRAMES_IN_FLIGHT_PER_STREAM_MAX
+            && written_frames() >= FRAMES_IN_FLIGHT_PER_STREAM_MAX + window_frames / 2
+    };
+    for _ in 0..600 {
+        if filled() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        filled(),
+        "read {}, written {}",
+        read_frames() - read_before,
+        written_frames()
+    );
+    // Given time, it goes no further: nothing is read past the cap, no credit past the window.
+    std::thread::sleep(Duration::from_millis(500));
+    let (read, written_held) = (read_frames() - read_before, written_frames());
+    assert!(
+        read <= FRAMES_IN_FLIGHT_PER_STREAM_MAX + chunk_frames,
+        "read {read} frames with none answered"
+    );
+    // Credit is what the node consumed (the frames read and a chunk's partial frame) plus the
+    // window.
+    assert!(
+        written_held <= read + chunk_frames + window_frames,
+        "wrote {written_held} frames, the node read {read}"
+    );
+    assert!(written_held < total);
+    // Acks go out, reading resumes, and every frame is answered in order.
+    drop(hold);
+    let replies = rt.block_on(async {
+        let mut replies = Vec::new();
+        while let Some(reply) = receiver.next().await.unwrap() {
+            replies.push(reply);
+        }
+        replies
+    });
+    rt.block_on(writer).unwrap();
+    assert_eq!(replies.len(), total);
+    for (reply, message) in replies.iter().zip(&messages) {
+        assert_eq!(ack(reply).id, message.id());
+    }
+    assert_eq!(read_frames() - read_before, total);
+    rt.block_on(client.close());
+}
+
 /// A UDP socket for quinn that sends but never delivers what arrives, and goes silent on demand:
 /// its handshakes never complete, and once silent the node hears nothing more from them.
 #[derive(Debug)]
@@ -769,6 +870,10 @@ macro_rules! backends {
             #[test]
             fn jumbo_packets_flow_when_both_ends_allow_them() {
                 super::jumbo_packets_flow_when_both_ends_allow_them(KIND)
+            }
+            #[test]
+            fn a_stream_is_not_read_past_frames_in_flight_per_stream_max() {
+                super::a_stream_is_not_read_past_frames_in_flight_per_stream_max(KIND)
             }
             #[test]
             fn info_reports_the_pinned_cores() {

@@ -97,14 +97,7 @@ fn nvml_error(what: &'static str) -> impl Fn(nvml_wrapper::error::NvmlError) -> 
 }
 
 fn devices(nvml: &Nvml, sys: &Path) -> Result<Vec<Gpu>, DetectError> {
-    let count = nvml.device_count().map_err(nvml_error("device count"))?;
-    if count > GPU_MAX {
-        return Err(DetectError::TooMany {
-            path: "NVML".into(),
-            what: "GPUs",
-            max: GPU_MAX as usize,
-        });
-    }
+    let count = checked_count(nvml.device_count().map_err(nvml_error("device count"))?)?;
     let confidential_compute = cc_mode(nvml);
     let mut gpus = Vec::with_capacity(count as usize);
     for index in 0..count {
@@ -131,6 +124,18 @@ fn devices(nvml: &Nvml, sys: &Path) -> Result<Vec<Gpu>, DetectError> {
         });
     }
     Ok(gpus)
+}
+
+/// NVML's device count, refused past [`GPU_MAX`] before any device is queried.
+fn checked_count(count: u32) -> Result<u32, DetectError> {
+    if count > GPU_MAX {
+        return Err(DetectError::TooMany {
+            path: "NVML".into(),
+            what: "GPUs",
+            max: GPU_MAX as usize,
+        });
+    }
+    Ok(count)
 }
 
 /// NVML reports CC as a system setting (every GPU of a host is in the same mode).
@@ -185,6 +190,18 @@ mod tests {
         );
         assert_eq!(sysfs_bus_id("garbage"), None);
         assert_eq!(sysfs_bus_id("0000:zz:00.0"), None);
+    }
+
+    #[test]
+    fn a_device_count_past_gpu_max_fails_the_part() {
+        assert_eq!(checked_count(0).unwrap(), 0);
+        assert_eq!(checked_count(GPU_MAX).unwrap(), GPU_MAX);
+        let error = checked_count(GPU_MAX + 1).unwrap_err();
+        assert!(
+            matches!(error, DetectError::TooMany { what: "GPUs", max, .. } if max == GPU_MAX as usize),
+            "{error:?}"
+        );
+        assert!(checked_count(u32::MAX).is_err());
     }
 
     #[test]

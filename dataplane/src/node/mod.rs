@@ -232,20 +232,79 @@ struct Queued {
 #[derive(Clone)]
 pub struct Sequencer {
     requests: mpsc::Sender<Queued>,
+    gate: Arc<Gate>,
 }
 
 /// A handle that does not keep the sequencer running.
 #[derive(Clone)]
 pub struct WeakSequencer {
     requests: mpsc::WeakSender<Queued>,
+    gate: Arc<Gate>,
 }
 
 impl WeakSequencer {
     /// A strong handle, while the sequencer runs.
     pub fn upgrade(&self) -> Option<Sequencer> {
-        self.requests
-            .upgrade()
-            .map(|requests| Sequencer { requests })
+        self.requests.upgrade().map(|requests| Sequencer {
+            requests,
+            gate: self.gate.clone(),
+        })
+    }
+
+    /// [`Sequencer::hold`], without keeping the sequencer running.
+    pub fn hold(&self) -> SequencerHold {
+        SequencerHold::new(&self.gate)
+    }
+}
+
+/// Closed while any [`SequencerHold`] is alive: the sequencer thread waits at it before each
+/// group commit.
+#[derive(Debug, Default)]
+struct Gate {
+    holds: std::sync::Mutex<usize>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn holds(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.holds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Returns once no hold is alive.
+    fn wait_open(&self) {
+        let mut holds = self.holds();
+        // Each wake re-checks; ends when the last hold is dropped.
+        while *holds > 0 {
+            holds = self
+                .opened
+                .wait(holds)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Keeps the sequencer from committing (and so from acknowledging anything) until dropped; see
+/// [`Sequencer::hold`].
+#[derive(Debug)]
+#[must_use = "the sequencer is held only while the hold is alive"]
+pub struct SequencerHold(Arc<Gate>);
+
+impl SequencerHold {
+    fn new(gate: &Arc<Gate>) -> Self {
+        *gate.holds() += 1;
+        Self(gate.clone())
+    }
+}
+
+impl Drop for SequencerHold {
+    fn drop(&mut self) {
+        let mut holds = self.0.holds();
+        *holds -= 1;
+        if *holds == 0 {
+            self.0.opened.notify_all();
+        }
     }
 }
 
@@ -254,7 +313,16 @@ impl Sequencer {
     pub fn downgrade(&self) -> WeakSequencer {
         WeakSequencer {
             requests: self.requests.downgrade(),
+            gate: self.gate.clone(),
         }
+    }
+
+    /// Holds the sequencer: it finishes the group commit it is in, then commits and acknowledges
+    /// nothing until the hold is dropped, while requests queue up to [`REQUEST_QUEUE_MAX`] and
+    /// their senders then wait. Tests use it to fill the queues behind the sequencer. Drop it
+    /// before the node shuts down: the sequencer thread cannot end while held.
+    pub fn hold(&self) -> SequencerHold {
+        SequencerHold::new(&self.gate)
     }
 
     /// Starts the sequencer thread over `store`, restoring every process head from it.
@@ -284,11 +352,13 @@ impl Sequencer {
     ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
         let scheduler = restore_scheduler(&store)?;
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let gate = Arc::new(Gate::default());
         let worker = SequencerThread {
             store,
             wallet,
             core: SequencerCore::new(scheduler, batch_max),
             on_commit,
+            gate: gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("ferrobeam-sequencer".into())
@@ -299,7 +369,7 @@ impl Sequencer {
                 worker.run(queue)
             })
             .map_err(|e| NodeError::Unavailable(e.to_string()))?;
-        Ok((Self { requests }, handle))
+        Ok((Self { requests, gate }, handle))
     }
 
     /// Spawns a process: schedules its (verified) process message at slot 0 of itself.
@@ -445,6 +515,8 @@ struct SequencerThread {
     wallet: Wallet,
     core: SequencerCore<Message, oneshot::Sender<Result<Ack, NodeError>>, NodeError>,
     on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+    /// Closed while a [`SequencerHold`] is alive.
+    gate: Arc<Gate>,
 }
 
 /// The store's message index, as the sequencer core looks up duplicates.
@@ -482,6 +554,7 @@ impl SequencerThread {
                     Err(_) => break,
                 }
             }
+            self.gate.wait_open();
             if !self.step() {
                 // After a failed fsync the journal's state is unknown (the write may or may not
                 // be on disk, and the kernel may have dropped the dirty pages): writing on would
@@ -992,6 +1065,12 @@ impl Node {
     /// The node's address.
     pub fn address(&self) -> Address {
         self.shared.address
+    }
+
+    /// A handle on the node's sequencer that does not keep it running (for
+    /// [`WeakSequencer::hold`]).
+    pub fn sequencer(&self) -> WeakSequencer {
+        self.shared.sequencer.downgrade()
     }
 
     /// Serves HTTP until `shutdown` completes.

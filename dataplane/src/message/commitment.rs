@@ -3,6 +3,10 @@
 //!
 //! A commitment signs `COMMIT_DOMAIN ‖ unsigned id`, so signing cost does not grow with the
 //! message and the signature covers exactly what the id names.
+//!
+//! Ed25519 commitments are accepted under one rule (ZIP-215, small-order keys refused: the
+//! `ed25519` module, docs/protocol.md), whether checked alone ([`VerifiedMessage::verify`]) or in a
+//! batch ([`verify_batch`]): a message is accepted alone if and only if it is accepted in any batch.
 
 use ed25519_dalek::Signer as _;
 use rand_core::CryptoRngCore;

@@ -7,8 +7,8 @@
 //! - `batch-64`: `verify_batch` over 64 messages from four signers (ed25519-zebra coalesces the
 //!   terms of a repeated key, so this is the favourable case).
 //! - `batch-64-distinct`: 64 messages from 64 signers, no coalescing.
-//! - `batch-64-one-forged`: 64 distinct signers, one signature forged: the batch fails and is
-//!   bisected to find it.
+//! - `batch-64-one-forged`: 64 distinct signers, one signature forged: the batch fails and every
+//!   signature is then checked alone to find it.
 //! - `strict-single` / `strict-64`: the baseline, the rule the node used before ZIP-215 (decode
 //!   the key, refuse small order, ed25519-dalek `verify_strict`), one message at a time.
 //!

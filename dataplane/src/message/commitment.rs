@@ -240,8 +240,8 @@ impl VerifiedMessage {
 ///
 /// Ed25519 commitments are checked together in one batch under the same rule as the single
 /// check (ZIP-215, small-order keys refused; see the `ed25519` module), so batching changes the
-/// cost, never the answer. Keys are checked first, per commitment; a failing batch is bisected to
-/// find exactly which signatures fail, so one forged message never gets a valid one refused.
+/// cost, never the answer. Keys are checked first, per commitment; when the batch fails, each of
+/// its signatures is checked alone, so one forged message never gets a valid one refused.
 /// Other schemes (RSA-PSS) are verified one by one. A message's refusal reason is that of its
 /// first failing commitment, in commitment order, as for the single check.
 pub fn verify_batch(messages: Vec<Message>) -> Vec<Result<VerifiedMessage, MessageError>> {

@@ -42,10 +42,6 @@ use super::MessageError;
 /// Domain separator of the transcript that seeds a batch's coefficients.
 const BATCH_TRANSCRIPT_DOMAIN: &[u8] = b"ferrobeam-ed25519-batch-v1";
 
-/// Ranges at most this long that are known to hold a failure are checked one signature at a
-/// time: a batch of two or three saves less than another round of bisection costs.
-const BISECT_SINGLES_MAX: usize = 3;
-
 /// Decodes an Ed25519 public key and refuses small-order ones.
 ///
 /// # Errors
@@ -114,48 +110,21 @@ impl Entry {
 
 /// Decides each entry, in order: `true` where its signature holds.
 ///
-/// All entries are checked in one batch; when that fails, the batch is bisected to find exactly
-/// which fail, so a forged signature never gets a valid one refused. Cost, in batch-verify units
-/// of the whole input: 1 when all hold, about 2 for one failure, more when failures are dense
-/// (then small failing ranges fall back to single checks).
+/// All entries are checked in one batch. When that fails, each is checked alone, so a forged
+/// signature never gets a valid one refused. Bisecting instead was measured no faster at 64
+/// entries with one forgery (`verify/ed25519/batch-64-one-forged`, docs/BENCHMARKS.md: about 1.5x
+/// the old one-by-one strict loop either way, since every sub-batch decodes its points again), and
+/// with dense failures it costs several batches per entry. Checking alone after a failed batch
+/// bounds the cost for any failure pattern at one batch plus one single check per entry; ingress
+/// batches hold one stream's messages, so that cost falls on the sender of the forgery.
 pub fn verify_entries(entries: &[Entry]) -> Vec<bool> {
-    let mut valid = vec![false; entries.len()];
-    settle(entries, &mut valid, false);
-    valid
-}
-
-/// Fills `valid` for `entries`. `known_failing`: a batch check over exactly these entries has
-/// already failed, so at least one of them is invalid (a batch of valid signatures never fails).
-fn settle(entries: &[Entry], valid: &mut [bool], known_failing: bool) {
-    debug_assert_eq!(entries.len(), valid.len());
-    if entries.is_empty() {
-        return;
+    if verify_together(entries) {
+        return vec![true; entries.len()];
     }
-    if entries.len() == 1 {
-        valid[0] = !known_failing && entries[0].verify_alone().is_ok();
-        return;
-    }
-    if !known_failing && verify_together(entries) {
-        valid.fill(true);
-        return;
-    }
-    if entries.len() <= BISECT_SINGLES_MAX {
-        for (entry, valid) in entries.iter().zip(valid.iter_mut()) {
-            *valid = entry.verify_alone().is_ok();
-        }
-        return;
-    }
-    let middle = entries.len() / 2;
-    let (left, right) = entries.split_at(middle);
-    let (left_valid, right_valid) = valid.split_at_mut(middle);
-    if verify_together(left) {
-        left_valid.fill(true);
-        // The whole failed and the left holds: the failure is on the right.
-        settle(right, right_valid, true);
-    } else {
-        settle(left, left_valid, true);
-        settle(right, right_valid, false);
-    }
+    entries
+        .iter()
+        .map(|entry| entry.verify_alone().is_ok())
+        .collect()
 }
 
 /// One batch check over `entries`: true when every signature holds (up to 2⁻¹²⁸).
@@ -458,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn bisection_finds_every_failure_pattern() {
+    fn a_failed_batch_finds_every_failure_pattern() {
         const N: usize = 5;
         let signed: Vec<_> = (0..N as u8).map(|i| (valid(20 + i, &[i]), [i])).collect();
         for mask in 0u32..(1 << N) {

@@ -9,6 +9,7 @@
 //! `tests/vectors/` pin it.
 
 mod commitment;
+mod ed25519;
 mod hashpath;
 pub mod json;
 pub mod wire;
@@ -23,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use commitment::{
     Commitment, RSA_MODULUS_BYTES_MAX, RSA_MODULUS_BYTES_MIN, Scheme, VerifiedMessage, Wallet,
-    verify_batch,
+    signed_payload, verify_batch,
 };
 pub use hashpath::{Hashpath, verify_chain};
 

@@ -11,7 +11,9 @@
 #    bad requests that must be refused (benches/src/bin/soak-load.rs).
 # 4. Every 10 s: the node's RSS (/proc/PID/status VmRSS), open fds (/proc/PID/fd), push queue
 #    depth, messages scheduled, slots computed, store memtable and block cache bytes (from
-#    /metrics) and the load average go to target/soak/soak-<time>.csv.
+#    /metrics), the allocator's live heap and resident bytes (also from /metrics: RSS minus
+#    the live heap is what the allocator holds) and the load average go to
+#    target/soak/soak-<time>.csv.
 # Passes (exit 0) when RSS grows less than 10 % after the warm-up (the first 20 % of the run,
 # at least 2 minutes when the run is longer than 4: growth = highest RSS after the warm-up over
 # the RSS at its end), no valid request failed, every bad request was refused, and the node is
@@ -89,9 +91,9 @@ echo "soak.sh: maximum $max_rate requests/s; soaking at $rate requests/s ($load_
 
 mkdir -p target/soak
 csv="target/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
-echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,memtables_kb,block_cache_kb,load1" >"$csv"
+echo "elapsed_s,rss_kb,fds,push_queue_depth,scheduled,computed,memtables_kb,block_cache_kb,heap_kb,allocator_resident_kb,load1" >"$csv"
 sample() {
-  local elapsed=$1 rss fds metrics depth scheduled computed memtables cache
+  local elapsed=$1 rss fds metrics depth scheduled computed memtables cache heap resident
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status")
   fds=$(ls "/proc/$node_pid/fd" | wc -l)
   metrics=$(curl -fsS "$url/metrics")
@@ -100,7 +102,9 @@ sample() {
   computed=$(awk '$1 == "ferrobeam_slots_computed_total" {print $2}' <<<"$metrics")
   memtables=$(awk '$1 == "ferrobeam_store_write_buffer_bytes" {print int($2 / 1024)}' <<<"$metrics")
   cache=$(awk '$1 == "ferrobeam_store_block_cache_bytes" {print int($2 / 1024)}' <<<"$metrics")
-  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},${memtables:-0},${cache:-0},$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
+  heap=$(awk '$1 == "ferrobeam_allocator_allocated_bytes" {print int($2 / 1024)}' <<<"$metrics")
+  resident=$(awk '$1 == "ferrobeam_allocator_resident_bytes" {print int($2 / 1024)}' <<<"$metrics")
+  echo "$elapsed,$rss,$fds,${depth:-0},${scheduled:-0},${computed:-0},${memtables:-0},${cache:-0},${heap:-0},${resident:-0},$(cut -d' ' -f1 /proc/loadavg)" >>"$csv"
 }
 
 duration_s=$((minutes * 60))
@@ -159,6 +163,10 @@ print(f"soak: open fds min {min(fds)} max {max(fds)}; push queue depth max {max(
 mem = [r["memtables_kb"] for r in rows]
 cache = [r["block_cache_kb"] for r in rows]
 print(f"soak: store memtables max {max(mem)/1024:.1f} MiB, block cache max {max(cache)/1024:.1f} MiB")
+heap_base = warm[-1]["heap_kb"] if warm else rows[0]["heap_kb"]
+heap_peak = max((r["heap_kb"] for r in after), default=heap_base)
+if heap_base:
+    print(f"soak: live heap (allocator) warm-up end {heap_base/1024:.1f} MiB, highest after {heap_peak/1024:.1f} MiB")
 if growth >= 10:
     ok = False
 if load_status != "0":

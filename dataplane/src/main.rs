@@ -10,5 +10,7 @@ mod cli;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    #[cfg(target_os = "linux")]
+    ferrobeam::node::allocator::declare_jemalloc();
     cli::main()
 }

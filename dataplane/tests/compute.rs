@@ -206,3 +206,36 @@ fn audit(url: &str, process: &Id) -> std::process::ExitStatus {
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     output.status
 }
+
+/// The `ferrobeam` binary allocates with jemalloc and reports its totals, so an operator can tell
+/// the live heap from pages the allocator holds (docs/operators.md, "Memory").
+#[test]
+fn the_binary_reports_its_allocator_in_metrics() {
+    let dir = tempdir();
+    let node = ChildNode::start(dir.path(), free_port());
+    let alice = wallet(6);
+    let process = spawn_wat(&node.url, &alice, COUNTER, &[]);
+    send(&node.url, &alice, &process, &[("amount", "2")]);
+    assert_eq!(compute(&node.url, &process, 1)["output"], "3");
+    let (status, metrics) = get(&node.url, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let text = metrics.as_str().expect("metrics text");
+    let gauge = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let allocated = gauge("ferrobeam_allocator_allocated_bytes");
+    let active = gauge("ferrobeam_allocator_active_bytes");
+    let resident = gauge("ferrobeam_allocator_resident_bytes");
+    // A node with a store, a compiled module and a live instance holds megabytes of heap.
+    assert!(allocated > 1 << 20, "allocated {allocated}");
+    assert!(
+        allocated <= active && active <= resident,
+        "{allocated} {active} {resident}"
+    );
+    assert!(gauge("ferrobeam_allocator_metadata_bytes") > 0);
+    assert!(text.ends_with("# EOF\n"));
+}

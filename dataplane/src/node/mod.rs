@@ -8,6 +8,7 @@
 //! single owner means slots are never duplicated or skipped, without locks; the group commit
 //! amortizes the fsync over every concurrent sender.
 
+pub mod allocator;
 pub mod assets;
 pub mod attest;
 pub mod compute;
@@ -790,6 +791,9 @@ impl Shared {
         text.push_str(&self.inventory.prometheus());
         text.push_str(&self.assets.prometheus());
         text.push_str(&self.ingress.render());
+        if let Some(stats) = allocator::stats() {
+            text.push_str(&allocator::prometheus(&stats));
+        }
         text.push_str("# EOF\n");
         text
     }

@@ -218,7 +218,7 @@ async fn asset(
 async fn signed(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Signed, NodeError> {
     let bytes = read_body(shared, body).await?;
     let message = parse_message(headers, &bytes)?;
-    let verified = VerifiedMessage::verify(message)?;
+    let verified = shared.verifier.verify(message).await?;
     Ok(Signed::parse(&verified)?)
 }
 

@@ -5,6 +5,8 @@
 //! Every error is JSON `{"error": code, "message": text}` with the status of
 //! [`NodeError::status`]; the code is [`NodeError::code`]. Every route is documented in
 //! `docs/http-api.md`.
+//!
+//! Posted messages are verified in batches off the tokio workers ([`verify::Verifier`]).
 
 pub mod assets;
 mod attest;

@@ -239,6 +239,76 @@ fn concurrent_senders_get_unique_gap_free_slots() {
     assert_eq!(verify_schedule(&process, &assignments), Ok(()));
 }
 
+/// Posts are verified in batches: a forged or unsigned post sent alongside valid ones is refused
+/// as it would be alone, and never gets a valid one in its batch refused.
+#[test]
+fn concurrent_valid_forged_and_unsigned_posts_each_get_their_own_answer() {
+    let dir = tempdir();
+    let node = InProcessNode::start(config(dir.path()));
+    let base = node.url();
+    let process = spawn_wat(&base, &wallet(4), NOOP_WAT, &[]);
+    let schedule = format!("/{process}/schedule");
+    let (senders, each) = (16_usize, 12_usize);
+    // Every body is made before any is sent, so the posts arrive together.
+    let bodies: Vec<Vec<(Vec<u8>, u16, &str)>> = (0..senders)
+        .map(|t| {
+            let w = wallet(20 + u8::try_from(t).unwrap());
+            (0..each)
+                .map(|i| {
+                    let unsigned = Message::new()
+                        .with("target", process.to_string())
+                        .with("n", i64::try_from(t * each + i).unwrap());
+                    let signed = w.sign(unsigned.clone(), &mut rand::rngs::OsRng);
+                    let mut body = ferrobeam::message::json::to_json(&signed);
+                    match (t + i) % 3 {
+                        0 => (body.to_string().into_bytes(), 201, ""),
+                        1 => {
+                            body["n"] = (-1).into();
+                            (body.to_string().into_bytes(), 401, "SignatureInvalid")
+                        }
+                        _ => {
+                            let body = ferrobeam::message::json::to_json(&unsigned);
+                            (body.to_string().into_bytes(), 401, "Unsigned")
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let start = std::sync::Barrier::new(senders);
+    let acked: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|posts| {
+                let (base, schedule, start) = (&base, &schedule, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let mut acked = 0;
+                    for (body, status, code) in posts {
+                        let (got, answer) = post(base, schedule, "application/json", body);
+                        assert_eq!(got, *status, "{answer}");
+                        if *status == 201 {
+                            acked += 1;
+                        } else {
+                            assert_error((got, answer), *status, code);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(acked, senders * each / 3);
+    assert_eq!(current_slot(&base, &process), acked as u64);
+    // Every post was verified exactly once (the spawn too), whatever the batches were.
+    assert_eq!(
+        node.metric("ferrobeam_http_verify_batch_size_sum "),
+        (senders * each + 1) as f64
+    );
+    assert!(node.metric("ferrobeam_http_verify_batch_size_count ") >= 1.0);
+}
+
 #[test]
 fn restart_keeps_processes_chains_and_the_node_key() {
     let dir = tempdir();

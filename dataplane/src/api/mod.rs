@@ -5,10 +5,13 @@
 //! Every error is JSON `{"error": code, "message": text}` with the status of
 //! [`NodeError::status`]; the code is [`NodeError::code`]. Every route is documented in
 //! `docs/http-api.md`.
+//!
+//! Posted messages are verified in batches off the tokio workers ([`verify::Verifier`]).
 
 pub mod assets;
 mod attest;
 pub mod server;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 
-use crate::message::{Id, Message, VerifiedMessage, json as message_json, wire};
+use crate::message::{Id, Message, json as message_json, wire};
 use crate::node::{NodeError, Shared};
 use crate::schedule::{Assignment, PROCESS_TYPE};
 
@@ -223,7 +226,7 @@ async fn schedule_any(
 
 async fn spawn(shared: &Shared, message: Message) -> ApiResult<(StatusCode, axum::Json<Json>)> {
     let module = crate::node::process_module(&message)?;
-    let verified = verify(message)?;
+    let verified = shared.verifier.verify(message).await?;
     if shared.store.module(&module)?.is_none() {
         return Err(NodeError::UnknownModule(module).into());
     }
@@ -252,7 +255,7 @@ async fn schedule_on(
             .into());
         }
     }
-    let verified = verify(message)?;
+    let verified = shared.verifier.verify(message).await?;
     let ack = shared.sequencer.schedule(process, verified).await?;
     Ok(acknowledged(shared, &ack))
 }
@@ -266,10 +269,6 @@ fn acknowledged(shared: &Shared, ack: &crate::node::Ack) -> (StatusCode, axum::J
         StatusCode::CREATED
     };
     (status, axum::Json(ack_json(ack)))
-}
-
-fn verify(message: Message) -> Result<VerifiedMessage, NodeError> {
-    Ok(VerifiedMessage::verify(message)?)
 }
 
 fn ack_json(ack: &crate::node::Ack) -> Json {

@@ -750,6 +750,8 @@ pub struct Shared {
     pub attestation: Arc<attest::Attestation>,
     /// QUIC ingress counters (zero when the node has no QUIC ingress).
     pub ingress: Arc<crate::ingress::IngressMetrics>,
+    /// Verifies HTTP posts in batches, off the tokio workers.
+    pub verifier: crate::api::verify::Verifier,
     /// The CPUs of the pinned threads (ingress, executors, sequencer).
     pub cores: cores::CorePlan,
 }
@@ -791,6 +793,7 @@ impl Shared {
         text.push_str(&self.inventory.prometheus());
         text.push_str(&self.assets.prometheus());
         text.push_str(&self.ingress.render());
+        text.push_str(&self.verifier.render());
         if let Some(stats) = allocator::stats() {
             text.push_str(&allocator::prometheus(&stats));
         }
@@ -886,8 +889,8 @@ pub enum StartError {
 pub struct Node {
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
-    /// The sequencer and compute threads, joined at shutdown (sequencer first: its end stops
-    /// the compute driver), so the store is closed when `serve` returns.
+    /// The HTTP verifier, sequencer and compute threads, joined at shutdown (sequencer before
+    /// compute: its end stops the compute driver), so the store is closed when `serve` returns.
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The QUIC ingress, when configured; shut down before the threads are joined.
     ingress: Option<Box<dyn crate::ingress::Transport>>,
@@ -1001,6 +1004,7 @@ impl Node {
             store.clone(),
             metrics.clone(),
         )?);
+        let (verifier, verifier_thread) = crate::api::verify::Verifier::start()?;
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Bind {
@@ -1021,6 +1025,7 @@ impl Node {
             assets,
             attestation,
             ingress: Arc::new(crate::ingress::IngressMetrics::new()),
+            verifier,
             cores,
         });
         let ingress = match shared.config.quic {
@@ -1043,7 +1048,7 @@ impl Node {
         Ok(Self {
             shared,
             listener,
-            threads: vec![sequencer_thread, compute_thread],
+            threads: vec![verifier_thread, sequencer_thread, compute_thread],
             ingress,
         })
     }

@@ -13,6 +13,7 @@
 mod assets;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -162,6 +163,14 @@ pub const MEMTABLE_BYTES_MAX: u64 = 4 << 20;
 /// it bounds the unflushed writes of all keyspaces together (and recovery time), whatever the
 /// per-keyspace bound. fjall's minimum is 64 MiB, in journal files of ~64 MB.
 pub const JOURNAL_BYTES_MAX: u64 = 512 << 20;
+/// Size of the table files compaction writes (fjall's leveled default is 64 MiB). A compaction
+/// holds on the order of one output table in memory until that table is finished: the index
+/// entry of each block it writes keeps the block's last key, and a key read from an input table
+/// shares that input block's buffer. A heap profile of the soak (docs/RELIABILITY.md, "Soak")
+/// found compactions holding 23–52 MiB at 64 MiB, and their brief peaks were the RSS spikes.
+/// At 8 MiB that is bounded near 8 MiB per compaction; level 1 then holds 32 MiB (4 tables),
+/// each deeper level 10× more. Applies to keyspaces created with it, as the memtable bound.
+pub const TABLE_TARGET_BYTES: u64 = 8 << 20;
 /// LSM levels whose index blocks stay pinned in memory (the rest go through the block cache).
 /// A pinned block grows with its level's data; levels 0 and 1 are bounded by compaction (a few
 /// tables of at most 64 MiB).
@@ -238,6 +247,10 @@ impl Store {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(MEMTABLE_BYTES_MAX)
+                    .compaction_strategy(Arc::new(
+                        fjall::compaction::Leveled::default()
+                            .with_table_target_size(TABLE_TARGET_BYTES),
+                    ))
                     .index_block_pinning_policy(pinned(INDEX_PINNED_LEVELS))
                     .filter_block_pinning_policy(pinned(FILTER_PINNED_LEVELS))
             })
@@ -612,6 +625,7 @@ fn increment(mut id: [u8; 32]) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
     use crate::schedule::Scheduler;
+    use rand::SeedableRng as _;
 
     fn scheduled(s: &mut Scheduler, process: Id, n: i64) -> Scheduled {
         let message = Message::new()
@@ -725,6 +739,68 @@ mod tests {
             (records * record.len() as u64) >> 20
         );
         assert_eq!(store.result(&p, records - 1).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn compaction_writes_tables_of_the_target_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Id([7; 32]);
+        // Incompressible records (lz4 cannot shrink them), 3 × the target, in shuffled order so
+        // every flushed table spans all the slots: level 0 must be merged (not moved down), and
+        // the merge must split its output at the target.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let records = (TABLE_TARGET_BYTES * 3) / (64 << 10);
+        let mut order: Vec<u64> = (0..records).collect();
+        rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
+        for slot in order {
+            let mut record = vec![0u8; 64 << 10];
+            rand::RngCore::fill_bytes(&mut rng, &mut record);
+            store.put_result(&p, slot, &record).unwrap();
+        }
+        store.results.rotate_memtable_and_wait().unwrap();
+        // Compactions run on fjall's workers: wait (bounded) until a level-0 merge has put
+        // tables in a deeper level (a merge swaps its tables in when it is done).
+        let results = &store.results;
+        let merged = || results.table_count() > results.l0_table_count();
+        for _ in 0..3_000 {
+            if merged() && results.sealed_memtable_count() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(merged(), "level 0 was not compacted");
+        let mut tables = Vec::new();
+        let mut dirs = vec![dir.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                } else if d.ends_with("tables") {
+                    tables.push(meta.len());
+                }
+            }
+        }
+        let results_bytes = records * (64 << 10);
+        let largest = tables.iter().copied().max().unwrap_or(0);
+        // One record past the target at most (a table is cut after the block that crosses it),
+        // plus the table's index and filter.
+        assert!(
+            largest <= TABLE_TARGET_BYTES + (256 << 10),
+            "largest table {largest} B, target {TABLE_TARGET_BYTES} B: {tables:?}"
+        );
+        assert!(
+            tables.iter().sum::<u64>() >= results_bytes,
+            "the results are not all in tables: {tables:?}"
+        );
+        for slot in (0..records).step_by(17) {
+            assert_eq!(
+                store.result(&p, slot).unwrap().map(|r| r.len()),
+                Some(64 << 10)
+            );
+        }
     }
 
     #[test]

@@ -171,6 +171,12 @@ pub const JOURNAL_BYTES_MAX: u64 = 512 << 20;
 /// At 8 MiB that is bounded near 8 MiB per compaction; level 1 then holds 32 MiB (4 tables),
 /// each deeper level 10× more. Applies to keyspaces created with it, as the memtable bound.
 pub const TABLE_TARGET_BYTES: u64 = 8 << 20;
+/// Most table files the store keeps open (fjall's cache of file descriptors; its default is 900).
+/// The store has about one table per `TABLE_TARGET_BYTES` of data, so a large store reaches
+/// it; beyond it the least recently read table is closed and reopened when next read. 384 plus
+/// `http-connections-max` (512 by default) plus the journals, sockets and wasm files stays under
+/// the common soft `RLIMIT_NOFILE` of 1024.
+pub const STORE_FILES_MAX: usize = 384;
 /// LSM levels whose index blocks stay pinned in memory (the rest go through the block cache).
 /// A pinned block grows with its level's data; levels 0 and 1 are bounded by compaction (a few
 /// tables of at most 64 MiB).
@@ -239,7 +245,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_files_max(dir, STORE_FILES_MAX)
+    }
+
+    /// [`Store::open`] keeping at most `files_max` table files open (at least 10).
+    fn open_with_files_max(dir: &Path, files_max: usize) -> Result<Self, StoreError> {
         let db = Database::builder(dir)
+            .max_cached_files(Some(files_max))
             .cache_size(BLOCK_CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()?;
@@ -801,6 +813,53 @@ mod tests {
                 Some(64 << 10)
             );
         }
+    }
+
+    /// Descriptors this process has open on files under `dir`.
+    #[cfg(target_os = "linux")]
+    fn open_files_under(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn open_table_files_stay_within_their_bound() {
+        const FILES_MAX: usize = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_files_max(dir.path(), FILES_MAX).unwrap();
+        let p = Id([5; 32]);
+        // 40 tables of ascending slots: they do not overlap, so compaction moves them down
+        // whole instead of merging them, and all 40 stay separate files.
+        let tables = 40u64;
+        for slot in 0..tables {
+            store.put_result(&p, slot, &[1; 512]).unwrap();
+            store.results.rotate_memtable_and_wait().unwrap();
+        }
+        for _ in 0..3_000 {
+            if store.results.sealed_memtable_count() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(store.results.table_count() > FILES_MAX * 2);
+        // A point read opens its table's file: reading every table twice over must reuse and
+        // close descriptors, not keep one per table.
+        for _ in 0..2 {
+            for slot in 0..tables {
+                assert!(store.result(&p, slot).unwrap().is_some());
+            }
+        }
+        // The bound is on cached table files; the journal and the other keyspaces' few
+        // files come on top.
+        let open = open_files_under(dir.path());
+        assert!(
+            open <= FILES_MAX + 12,
+            "{open} files open, bound {FILES_MAX}"
+        );
     }
 
     #[test]

@@ -163,8 +163,8 @@ impl Core {
                 for datagram in payload.chunks(stride) {
                     metrics.count_datagram(datagram);
                 }
-                // One copy per GRO batch: quinn decrypts in place and streams keep slices of it.
-                (peer, stride, BytesMut::from(payload))
+                // The kernel's buffer itself: quinn decrypts in place and streams keep slices.
+                (peer, stride, payload)
             });
         let Some((Some(peer), stride, mut data)) = received else {
             return;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
+use bytes::{Buf as _, BytesMut};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::socket::{
@@ -109,7 +110,9 @@ pub struct Ring {
 struct BufRing {
     entries: std::ptr::NonNull<types::BufRingEntry>,
     layout: std::alloc::Layout,
-    memory: Vec<u8>,
+    /// One allocation per buffer id. A filled buffer is handed on whole (quinn decrypts in place
+    /// and streams keep slices of it) and a fresh one takes its id: the payload is never copied.
+    slots: Vec<BytesMut>,
     tail: u16,
 }
 
@@ -173,7 +176,9 @@ impl BufRing {
         Ok(Self {
             entries,
             layout,
-            memory: vec![0; usize::from(RECV_BUFFERS) * RECV_BUFFER_BYTES],
+            slots: (0..RECV_BUFFERS)
+                .map(|_| BytesMut::with_capacity(RECV_BUFFER_BYTES))
+                .collect(),
             tail: 0,
         })
     }
@@ -182,7 +187,9 @@ impl BufRing {
     fn provide(&mut self, bid: u16) {
         assert!(bid < RECV_BUFFERS);
         let index = usize::from(self.tail & (RECV_BUFFERS - 1));
-        let addr = self.memory[usize::from(bid) * RECV_BUFFER_BYTES..].as_ptr() as u64;
+        let slot = &mut self.slots[usize::from(bid)];
+        debug_assert!(slot.is_empty() && slot.capacity() >= RECV_BUFFER_BYTES);
+        let addr = slot.spare_capacity_mut().as_mut_ptr() as u64;
         // The kernel only reads entries between its head and the published tail; this one is
         // past the tail, so no one else touches it.
         // SAFETY: `index` < RECV_BUFFERS, the entries allocated in `new`; unaliased (above).
@@ -199,9 +206,17 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * RECV_BUFFER_BYTES;
-        &self.memory[start..start + len.min(RECV_BUFFER_BYTES)]
+    /// Takes filled buffer `bid` (its first `len` bytes) and puts a fresh one in its place, to
+    /// be provided next.
+    fn take(&mut self, bid: u16, len: usize) -> BytesMut {
+        let fresh = BytesMut::with_capacity(RECV_BUFFER_BYTES);
+        let mut filled = std::mem::replace(&mut self.slots[usize::from(bid)], fresh);
+        let len = len.min(RECV_BUFFER_BYTES).min(filled.capacity());
+        // The kernel wrote `len` bytes (the completion's result, at most the length provided)
+        // at the start of this buffer and is done with it: one completion per provided buffer.
+        // SAFETY: those `len` bytes are initialized and no one else writes them now.
+        unsafe { filled.set_len(len) };
+        filled
     }
 }
 
@@ -450,24 +465,36 @@ impl Ring {
     }
 
     /// The datagram(s) of a receive completion: peer, GRO segment size (if coalesced) and the
-    /// payload, passed to `on_datagrams`; then the buffer goes back to the kernel.
+    /// payload, in the very buffer the kernel filled, passed to `on_datagrams`; a fresh buffer
+    /// takes its place in the ring.
     pub fn with_received<R>(
         &mut self,
         completion: &Completion,
-        on_datagrams: impl FnOnce(Option<SocketAddr>, Option<usize>, &[u8]) -> R,
+        on_datagrams: impl FnOnce(Option<SocketAddr>, Option<usize>, BytesMut) -> R,
     ) -> Option<R> {
         let bid = cqueue::buffer_select(completion.flags)?;
-        let len = usize::try_from(completion.result).ok()?;
-        let result = types::RecvMsgOut::parse(self.buffers.buffer(bid, len), &self.recv_header)
-            .ok()
-            .filter(|out| !out.is_payload_truncated())
-            .map(|out| {
-                let peer = super::socket::decode_name(out.name_data());
-                let segment = super::socket::gro_segment_size(out.control_data());
-                on_datagrams(peer, segment, out.payload_data())
-            });
+        let Ok(len) = usize::try_from(completion.result) else {
+            self.buffers.provide(bid);
+            return None;
+        };
+        let mut filled = self.buffers.take(bid, len);
         self.buffers.provide(bid);
-        result
+        let (peer, segment, payload) = {
+            let out = types::RecvMsgOut::parse(&filled, &self.recv_header)
+                .ok()
+                .filter(|out| !out.is_payload_truncated())?;
+            let payload = out.payload_data();
+            // The payload lies inside `filled`: RecvMsgOut slices the buffer it parses.
+            let start = payload.as_ptr() as usize - filled.as_ptr() as usize;
+            (
+                super::socket::decode_name(out.name_data()),
+                super::socket::gro_segment_size(out.control_data()),
+                start..start + payload.len(),
+            )
+        };
+        filled.truncate(payload.end);
+        filled.advance(payload.start);
+        Some(on_datagrams(peer, segment, filled))
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! 1. `Store::locate` (is the message already scheduled? a miss here),
 //! 2. `Scheduler::assign` (slot, hash chain, hashpath),
-//! 3. `Wallet::sign` of `Assignment::to_message()` with the node's Ed25519 key,
+//! 3. `Wallet::sign_batch` of the batch's `Assignment::to_message()`s with the node's Ed25519
+//!    key (one signature over their Merkle root, an `ed25519-batch` commitment on each),
 //! 4. one `Store::commit` of the 64 `Scheduled` entries (wire-encodes message + assignment,
 //!    fjall batch, fsync).
 //!
@@ -18,7 +19,7 @@ use std::time::Duration;
 use common::{KIB, process_id, signed_messages};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferrobeam::message::{Id, Message, VerifiedMessage, Wallet, verify_batch};
-use ferrobeam::schedule::Scheduler;
+use ferrobeam::schedule::{Assignment, Scheduler};
 use ferrobeam::store::{Scheduled, Store};
 
 const BATCH: usize = 64;
@@ -70,22 +71,30 @@ impl Sequencer {
             .collect()
     }
 
-    /// Steps 1–3 for one message.
-    fn admit(&mut self, message: VerifiedMessage) -> Scheduled {
-        let id = message.id();
-        assert!(self.store.locate(&id).expect("index lookup").is_none());
-        let assignment = self
-            .scheduler
-            .assign(&self.process, id, NOW_MS)
-            .expect("process exists");
-        let signed = self
-            .node_key
-            .sign(assignment.to_message(), &mut rand::rngs::OsRng);
-        Scheduled {
-            assignment,
-            signed,
-            message: message.into_message(),
-        }
+    /// Steps 1–3 for one batch.
+    fn admit(&mut self, messages: Vec<VerifiedMessage>) -> Vec<Scheduled> {
+        let assignments: Vec<Assignment> = messages
+            .iter()
+            .map(|message| {
+                let id = message.id();
+                assert!(self.store.locate(&id).expect("index lookup").is_none());
+                self.scheduler
+                    .assign(&self.process, id, NOW_MS)
+                    .expect("process exists")
+            })
+            .collect();
+        let unsigned = assignments.iter().map(Assignment::to_message).collect();
+        let signed = self.node_key.sign_batch(unsigned, &mut rand::rngs::OsRng);
+        assignments
+            .into_iter()
+            .zip(signed)
+            .zip(messages)
+            .map(|((assignment, signed), message)| Scheduled {
+                assignment,
+                signed,
+                message: message.into_message(),
+            })
+            .collect()
     }
 }
 
@@ -103,8 +112,7 @@ fn durable_append(c: &mut Criterion) {
                 // Signing the incoming messages is the senders' work: outside the clock.
                 let incoming = sequencer.incoming(BATCH);
                 let start = std::time::Instant::now();
-                let batch: Vec<Scheduled> =
-                    incoming.into_iter().map(|m| sequencer.admit(m)).collect();
+                let batch = sequencer.admit(incoming);
                 sequencer.store.commit(&batch).expect("group commit");
                 total += start.elapsed();
             }
@@ -146,14 +154,29 @@ fn steps(c: &mut Criterion) {
     group.bench_function("sign-assignment", |b| {
         b.iter(|| node_key.sign(black_box(&assignment).to_message(), &mut rand::rngs::OsRng))
     });
+    // What the sequencer does instead: one signature for the batch, per message here.
+    let assignments: Vec<Assignment> = (0..BATCH as u8)
+        .map(|n| {
+            scheduler
+                .assign(&process, Id([n.wrapping_add(2); 32]), NOW_MS)
+                .expect("process exists")
+        })
+        .collect();
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("sign-assignments/batch-64", |b| {
+        b.iter(|| {
+            let unsigned = black_box(&assignments)
+                .iter()
+                .map(Assignment::to_message)
+                .collect();
+            node_key.sign_batch(unsigned, &mut rand::rngs::OsRng)
+        })
+    });
+    group.throughput(Throughput::Elements(1));
 
     // The wire encoding Store::commit does twice per message (the message and its assignment).
-    let scheduled = sequencer
-        .incoming(1)
-        .into_iter()
-        .next()
-        .expect("one message");
-    let scheduled = sequencer.admit(scheduled);
+    let incoming = sequencer.incoming(1);
+    let scheduled = sequencer.admit(incoming).remove(0);
     group.bench_function("wire-encode-1KiB", |b| {
         b.iter(|| ferrobeam::message::wire::encode(black_box(&scheduled.message)))
     });
@@ -167,8 +190,7 @@ fn steps(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
                 let incoming = sequencer.incoming(BATCH);
-                let batch: Vec<Scheduled> =
-                    incoming.into_iter().map(|m| sequencer.admit(m)).collect();
+                let batch = sequencer.admit(incoming);
                 let start = std::time::Instant::now();
                 sequencer.store.commit(&batch).expect("group commit");
                 total += start.elapsed();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ferrobeam::message::{Id, Message, wire};
+use ferrobeam::message::{Id, Message, Scheme, VerifiedMessage, wire};
 use ferrobeam::schedule::{Assignment, verify_schedule};
 use serde_json::Value as Json;
 
@@ -193,7 +193,7 @@ fn concurrent_senders_get_unique_gap_free_slots() {
     let base = node.url();
     let process = spawn_wat(&base, &wallet(3), NOOP_WAT, &[]);
     let (senders, each) = (8, 40);
-    let slots: Vec<u64> = std::thread::scope(|scope| {
+    let acks: Vec<(u64, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..senders)
             .map(|t| {
                 let base = base.clone();
@@ -201,9 +201,9 @@ fn concurrent_senders_get_unique_gap_free_slots() {
                     let w = wallet(10 + t as u8);
                     (0..each)
                         .map(|i| {
-                            send(&base, &w, &process, &[("i", &i.to_string())])["slot"]
-                                .as_u64()
-                                .unwrap()
+                            let ack = send(&base, &w, &process, &[("i", &i.to_string())]);
+                            let assignment = ack["assignment"].as_str().unwrap().to_owned();
+                            (ack["slot"].as_u64().unwrap(), assignment)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -214,6 +214,7 @@ fn concurrent_senders_get_unique_gap_free_slots() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
+    let slots: Vec<u64> = acks.iter().map(|(slot, _)| *slot).collect();
     let mut sorted = slots.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -224,19 +225,43 @@ fn concurrent_senders_get_unique_gap_free_slots() {
         "gaps"
     );
     let (_, page) = get(&base, &format!("/{process}/schedule?from=0")).unwrap();
-    let assignments: Vec<Assignment> = page["assignments"]
+    let signed: Vec<Message> = page["assignments"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| {
-            Assignment::from_message(
-                &ferrobeam::message::json::from_json(&a["assignment"]).unwrap(),
-            )
-            .unwrap()
-        })
+        .map(|a| ferrobeam::message::json::from_json(&a["assignment"]).unwrap())
+        .collect();
+    let assignments: Vec<Assignment> = signed
+        .iter()
+        .map(|m| Assignment::from_message(m).unwrap())
         .collect();
     assert_eq!(assignments.len(), senders * each + 1);
     assert_eq!(verify_schedule(&process, &assignments), Ok(()));
+    // Every assignment is signed by the node, alone or in a group commit's batch commitment,
+    // and is the one its sender's ack named.
+    let (_, info) = get(&base, "/~meta@1.0/info").unwrap();
+    let node = info["address"].as_str().unwrap();
+    for message in &signed {
+        let verified = VerifiedMessage::verify(message.clone()).unwrap();
+        assert_eq!(verified.from().to_string(), node);
+    }
+    for (slot, assignment) in &acks {
+        assert_eq!(
+            signed[*slot as usize].id().to_string(),
+            *assignment,
+            "slot {slot}"
+        );
+    }
+    let batched = signed
+        .iter()
+        .filter(|m| m.commitments()[0].scheme() == Scheme::Ed25519Batch)
+        .count();
+    // 8 senders against one sequencer: group commits of more than one message are certain.
+    assert!(
+        batched > 0,
+        "no batch commitment among {} slots",
+        signed.len()
+    );
 }
 
 /// Posts are verified in batches: a forged or unsigned post sent alongside valid ones is refused

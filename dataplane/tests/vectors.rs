@@ -1,12 +1,16 @@
 //! Protocol test vectors (`tests/vectors/`): canonical encodings, ids, Ed25519 commitments,
-//! addresses, hashpaths and assignment hash chains. Any change to the encoding fails here.
+//! `ed25519-batch` commitments (Merkle root, signed payload, proofs), addresses, hashpaths and
+//! assignment hash chains. Any change to the encoding fails here.
 //!
 //! `FERROBEAM_WRITE_VECTORS=1 cargo test --test vectors` rewrites the files (only for a deliberate
 //! protocol version change, documented in docs/protocol.md).
 
 use std::path::PathBuf;
 
-use ferrobeam::message::{Hashpath, Id, Message, Value, Wallet, b64, json, wire};
+use ferrobeam::message::{
+    Hashpath, Id, Message, Value, VerifiedMessage, Wallet, b64, batch_signed_payload, json, merkle,
+    wire,
+};
 use ferrobeam::schedule::Scheduler;
 use serde_json::{Value as Json, json as j};
 
@@ -99,7 +103,41 @@ fn generate() -> Json {
     j!({
         "key-seed-hex": hex::encode((1..=32).collect::<Vec<u8>>()),
         "messages": messages,
+        "batch": batch(&wallet),
         "chain": { "process": process, "messages": ids, "hashpaths": hashpaths, "assignments": assignments },
+    })
+}
+
+/// The case messages signed together: one `ed25519-batch` signature over their Merkle root.
+fn batch(wallet: &Wallet) -> Json {
+    let unsigned: Vec<Message> = cases().into_iter().map(|(_, m)| m).collect();
+    let tree = merkle::Tree::new(
+        unsigned
+            .iter()
+            .map(|m| merkle::leaf_hash(&m.unsigned_id()))
+            .collect(),
+    );
+    let count = u32::try_from(tree.size()).unwrap();
+    let signed = wallet.sign_batch(unsigned, &mut rand::rngs::OsRng);
+    let members: Vec<Json> = cases()
+        .iter()
+        .zip(&signed)
+        .enumerate()
+        .map(|(index, ((name, _), signed))| {
+            j!({
+                "name": name,
+                "leaf-hex": hex::encode(merkle::leaf_hash(&signed.unsigned_id())),
+                "proof-hex": tree.proof(index).iter().map(hex::encode).collect::<Vec<_>>(),
+                "signature": b64(signed.commitments()[0].signature()),
+                "id": signed.id(),
+            })
+        })
+        .collect();
+    j!({
+        "count": count,
+        "root-hex": hex::encode(tree.root()),
+        "signed-payload-hex": hex::encode(batch_signed_payload(count, &tree.root())),
+        "members": members,
     })
 }
 
@@ -120,6 +158,35 @@ fn vectors_are_unchanged() {
     )
     .unwrap();
     assert_eq!(generated, committed, "the protocol's encoding changed");
+}
+
+#[test]
+fn every_batch_vector_verifies_alone_and_no_other_message_does() {
+    let committed: Json =
+        serde_json::from_slice(&std::fs::read(vectors_dir().join("protocol-v1.json")).unwrap())
+            .unwrap();
+    let batch = &committed["batch"];
+    let members = batch["members"].as_array().unwrap();
+    let cases = cases();
+    assert_eq!(members.len(), cases.len());
+    for (member, (name, message)) in members.iter().zip(cases) {
+        assert_eq!(member["name"], name);
+        let mut signed = json::to_json(&message);
+        signed["commitments"] = j!([{
+            "scheme": "ed25519-batch",
+            "key": b64(&fixed_wallet().public_key()),
+            "signature": member["signature"],
+        }]);
+        let signed = json::from_json(&signed).unwrap();
+        assert_eq!(signed.id().to_string(), member["id"].as_str().unwrap());
+        let verified = VerifiedMessage::verify(signed.clone()).unwrap();
+        assert_eq!(verified.from(), fixed_wallet().address());
+        // The same commitment on any other message fails.
+        let mut moved = json::to_json(&message.with("moved", 1));
+        moved["commitments"] = json::to_json(&signed)["commitments"].clone();
+        let moved = json::from_json(&moved).unwrap();
+        assert!(VerifiedMessage::verify(moved).is_err(), "{name}");
+    }
 }
 
 #[test]

@@ -49,8 +49,32 @@ fn vectors() -> Vec<(String, Json, Json)> {
         .collect()
 }
 
+/// The vector messages again, each with its `ed25519-batch` commitment from the vectors' batch.
+fn batch_signed() -> Vec<(String, Json)> {
+    let text = std::fs::read_to_string(root().join("tests/vectors/protocol-v1.json"))
+        .expect("tests/vectors/protocol-v1.json");
+    let file: Json = serde_json::from_str(&text).expect("the vectors are JSON");
+    let members = file["batch"]["members"].as_array().expect("a batch");
+    vectors()
+        .into_iter()
+        .zip(members)
+        .map(|((name, unsigned, signed), member)| {
+            let mut batch = unsigned;
+            batch["commitments"] = serde_json::json!([{
+                "scheme": "ed25519-batch",
+                "key": signed["commitments"][0]["key"],
+                "signature": member["signature"],
+            }]);
+            (format!("{name}-batch-signed"), batch)
+        })
+        .collect()
+}
+
 fn messages() -> Vec<(String, Message)> {
     let mut out = Vec::new();
+    for (name, batch) in batch_signed() {
+        out.push((name, json::from_json(&batch).expect("a vector parses")));
+    }
     for (name, unsigned, signed) in vectors() {
         out.push((
             name.clone(),
@@ -75,6 +99,13 @@ fn message_seeds() {
             "message_json",
             &format!("{name}-signed.json"),
             signed.to_string().as_bytes(),
+        );
+    }
+    for (name, batch) in batch_signed() {
+        write(
+            "message_json",
+            &format!("{name}.json"),
+            batch.to_string().as_bytes(),
         );
     }
     write(

@@ -2,7 +2,10 @@
 //! wallets as the AO-ecosystem scheme.
 //!
 //! A commitment signs `COMMIT_DOMAIN ‖ unsigned id`, so signing cost does not grow with the
-//! message and the signature covers exactly what the id names.
+//! message and the signature covers exactly what the id names. A batch commitment
+//! (`ed25519-batch`) signs `BATCH_COMMIT_DOMAIN ‖ leaf count ‖ root` of a Merkle tree over many
+//! unsigned ids once, and each message carries its leaf's inclusion proof (the `merkle` module): the node signs
+//! a group commit's assignments this way, one Ed25519 signature per batch instead of per slot.
 //!
 //! Ed25519 commitments are accepted under one rule (ZIP-215, small-order keys refused: the
 //! `ed25519` module, docs/protocol.md), whether checked alone ([`VerifiedMessage::verify`]) or in a
@@ -16,11 +19,15 @@ use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Verifier as 
 use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
 use sha2::{Digest, Sha256, Sha512};
 
-use super::ed25519;
-use super::{Address, Id, Message, MessageError, b64, unb64};
+use super::merkle::{self, BATCH_LEAVES_MAX, BATCH_PATH_MAX};
+use super::{Address, Id, Message, MessageError, b64, ed25519, unb64};
 
 /// Domain separator of every commitment's signed payload.
 pub const COMMIT_DOMAIN: &[u8] = b"ferrobeam-commit-v1";
+/// Domain separator of a batch commitment's signed payload (a Merkle root, never an id).
+pub const BATCH_COMMIT_DOMAIN: &[u8] = b"ferrobeam-commit-batch-v1";
+/// Bytes of an `ed25519-batch` signature before its path: signature, leaf index, leaf count.
+const BATCH_HEADER_BYTES: usize = 64 + 4 + 4;
 /// Smallest accepted RSA modulus (2048 bits); Arweave wallets are 4096.
 pub const RSA_MODULUS_BYTES_MIN: usize = 256;
 /// Largest accepted RSA modulus (4096 bits): bounds verification cost per message.
@@ -36,6 +43,10 @@ pub enum Scheme {
     Ed25519,
     /// RSA-PSS with SHA-512 and a 64-byte salt; the public key is the modulus (e = 65537).
     RsaPssSha512,
+    /// One Ed25519 signature (same rule) over the Merkle root of a batch of messages; the
+    /// signature bytes are `signature (64) ‖ leaf index (u32 BE) ‖ leaf count (u32 BE) ‖ proof
+    /// (32 bytes per hash)`.
+    Ed25519Batch,
 }
 
 impl Scheme {
@@ -44,6 +55,7 @@ impl Scheme {
         match self {
             Scheme::Ed25519 => "ed25519",
             Scheme::RsaPssSha512 => "rsa-pss-sha512",
+            Scheme::Ed25519Batch => "ed25519-batch",
         }
     }
 
@@ -55,6 +67,7 @@ impl Scheme {
         match name {
             "ed25519" => Ok(Scheme::Ed25519),
             "rsa-pss-sha512" => Ok(Scheme::RsaPssSha512),
+            "ed25519-batch" => Ok(Scheme::Ed25519Batch),
             other => Err(MessageError::CommitmentInvalid(format!(
                 "unknown scheme {:?}",
                 other.chars().take(32).collect::<String>()
@@ -67,6 +80,7 @@ impl Scheme {
         match self {
             Scheme::Ed25519 => 1,
             Scheme::RsaPssSha512 => 2,
+            Scheme::Ed25519Batch => 3,
         }
     }
 
@@ -78,6 +92,7 @@ impl Scheme {
         match code {
             1 => Ok(Scheme::Ed25519),
             2 => Ok(Scheme::RsaPssSha512),
+            3 => Ok(Scheme::Ed25519Batch),
             other => Err(MessageError::CommitmentInvalid(format!(
                 "unknown scheme code {other}"
             ))),
@@ -125,6 +140,12 @@ impl Commitment {
                     return bad("rsa signature length must equal the modulus length");
                 }
             }
+            Scheme::Ed25519Batch => {
+                if public_key.len() != 32 {
+                    return bad("ed25519 public key must be 32 bytes");
+                }
+                BatchProof::parse(&signature)?;
+            }
         }
         Ok(Self {
             scheme,
@@ -161,6 +182,11 @@ impl Commitment {
         let payload = signed_payload(unsigned_id);
         match self.scheme {
             Scheme::Ed25519 => ed25519::verify(&self.public_key, &self.signature, &payload),
+            Scheme::Ed25519Batch => {
+                let proof = BatchProof::parse(&self.signature)?;
+                let payload = proof.signed_payload(unsigned_id)?;
+                ed25519::verify(&self.public_key, proof.signature, &payload)
+            }
             Scheme::RsaPssSha512 => {
                 let key = rsa::RsaPublicKey::new(
                     BigUint::from_bytes_be(&self.public_key),
@@ -183,6 +209,74 @@ pub fn signed_payload(unsigned_id: &Id) -> Vec<u8> {
     payload.extend_from_slice(COMMIT_DOMAIN);
     payload.extend_from_slice(&unsigned_id.0);
     payload
+}
+
+/// What a batch commitment signs: the tree's leaf count and Merkle root, under their own
+/// domain.
+///
+/// The count is signed because RFC 9162 proofs do not fix it: leaf 1 of 3 and leaf 1 of 4 have
+/// the same path to the same root, so an unsigned count would let anyone rewrite it, and with
+/// it the message's id (the hash of the signature bytes). With the count fixed, the position's
+/// left/right pattern fixes the index too.
+pub fn batch_signed_payload(size: u32, root: &[u8; 32]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(BATCH_COMMIT_DOMAIN.len() + 4 + 32);
+    payload.extend_from_slice(BATCH_COMMIT_DOMAIN);
+    payload.extend_from_slice(&size.to_be_bytes());
+    payload.extend_from_slice(root);
+    payload
+}
+
+/// The parts of an `ed25519-batch` signature (see [`Scheme::Ed25519Batch`]).
+struct BatchProof<'a> {
+    signature: &'a [u8],
+    index: u32,
+    size: u32,
+    path: Vec<[u8; 32]>,
+}
+
+impl<'a> BatchProof<'a> {
+    /// Splits the bytes and checks their shape: a leaf of a tree of at most
+    /// [`BATCH_LEAVES_MAX`] leaves, with exactly the proof length its position has.
+    fn parse(bytes: &'a [u8]) -> Result<Self, MessageError> {
+        let bad = |what: &str| MessageError::CommitmentInvalid(what.to_owned());
+        let path_bytes = bytes
+            .len()
+            .checked_sub(BATCH_HEADER_BYTES)
+            .filter(|n| n % 32 == 0 && n / 32 <= BATCH_PATH_MAX)
+            .ok_or_else(|| bad("ed25519-batch signature length"))?;
+        let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4"));
+        let (index, size) = (word(64), word(68));
+        if size == 0 || size as usize > BATCH_LEAVES_MAX || index >= size {
+            return Err(bad("ed25519-batch leaf index or count out of range"));
+        }
+        if merkle::proof_len(index.into(), size.into()) != Some(path_bytes / 32) {
+            return Err(bad("ed25519-batch proof length does not fit its leaf"));
+        }
+        let path = bytes[BATCH_HEADER_BYTES..]
+            .chunks_exact(32)
+            .map(|hash| hash.try_into().expect("32"))
+            .collect();
+        Ok(Self {
+            signature: &bytes[..64],
+            index,
+            size,
+            path,
+        })
+    }
+
+    /// The payload the Ed25519 signature must cover for the message `unsigned_id`: the
+    /// batch root its proof leads to.
+    fn signed_payload(&self, unsigned_id: &Id) -> Result<Vec<u8>, MessageError> {
+        // The length was checked in `parse`, so the walk always ends at a root.
+        let root = merkle::root_from_proof(
+            merkle::leaf_hash(unsigned_id),
+            self.index.into(),
+            self.size.into(),
+            &self.path,
+        )
+        .ok_or(MessageError::SignatureInvalid)?;
+        Ok(batch_signed_payload(self.size, &root))
+    }
 }
 
 /// A message whose every commitment verified: the only way to obtain one is
@@ -278,6 +372,12 @@ impl Plan {
                     ed25519::Entry::new(&commitment.public_key, &commitment.signature, &payload)
                         .map(|entry| entries.push(entry))
                 }
+                Scheme::Ed25519Batch => BatchProof::parse(&commitment.signature)
+                    .and_then(|proof| {
+                        let payload = proof.signed_payload(&unsigned_id)?;
+                        ed25519::Entry::new(&commitment.public_key, proof.signature, &payload)
+                    })
+                    .map(|entry| entries.push(entry)),
                 Scheme::RsaPssSha512 => commitment.verify(&unsigned_id),
             };
             // Later commitments cannot change the answer: the earlier ones are queued.
@@ -393,6 +493,48 @@ impl Wallet {
             panic!("signing a message that already has the maximum of commitments: {e}");
         }
         message
+    }
+
+    /// Signs `messages` as [`Wallet::sign`] does each, but an Ed25519 wallet makes one
+    /// signature per [`BATCH_LEAVES_MAX`] messages: an `ed25519-batch` commitment over the
+    /// Merkle root of their unsigned ids, with each message's proof. A single message (and any
+    /// RSA wallet) gets a plain commitment. Each result verifies on its own.
+    pub fn sign_batch(&self, messages: Vec<Message>, rng: &mut impl CryptoRngCore) -> Vec<Message> {
+        let key = match self {
+            Wallet::Ed25519(key) if messages.len() > 1 => key,
+            _ => return messages.into_iter().map(|m| self.sign(m, rng)).collect(),
+        };
+        let public_key = key.verifying_key().to_bytes().to_vec();
+        let mut signed = Vec::with_capacity(messages.len());
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let chunk: Vec<Message> = messages.by_ref().take(BATCH_LEAVES_MAX).collect();
+            let tree = merkle::Tree::new(
+                chunk
+                    .iter()
+                    .map(|m| merkle::leaf_hash(&m.unsigned_id()))
+                    .collect(),
+            );
+            let size = u32::try_from(tree.size()).expect("at most BATCH_LEAVES_MAX leaves");
+            let signature = key
+                .sign(&batch_signed_payload(size, &tree.root()))
+                .to_bytes();
+            for (index, mut message) in chunk.into_iter().enumerate() {
+                let path = tree.proof(index);
+                let mut bytes = Vec::with_capacity(BATCH_HEADER_BYTES + 32 * path.len());
+                bytes.extend_from_slice(&signature);
+                bytes.extend_from_slice(&(index as u32).to_be_bytes());
+                bytes.extend_from_slice(&size.to_be_bytes());
+                path.iter().for_each(|hash| bytes.extend_from_slice(hash));
+                let commitment = Commitment::new(Scheme::Ed25519Batch, public_key.clone(), bytes)
+                    .expect("a wallet's own batch commitment is well formed");
+                if let Err(e) = message.push_commitment(commitment) {
+                    panic!("signing a message that already has the maximum of commitments: {e}");
+                }
+                signed.push(message);
+            }
+        }
+        signed
     }
 
     /// Signs raw bytes (e.g. attestation evidence) with the same domain-free primitive.
@@ -590,6 +732,15 @@ mod tests {
                 .to_bytes();
             ed25519(&key, &craft::forged_for_small_order_key())
         };
+        // Leaf 1 of a 3-leaf batch commitment, its signature bytes edited by `edit`.
+        let batch = |edit: &dyn Fn(&mut [u8])| {
+            let other = |k: i64| Message::new().with("other", n as i64).with("k", k);
+            let signed = wallet.sign_batch(vec![other(1), unsigned.clone(), other(2)], &mut rng());
+            let c = signed[1].commitments()[0].clone();
+            let mut bytes = c.signature().to_vec();
+            edit(&mut bytes);
+            Commitment::new(Scheme::Ed25519Batch, c.public_key().to_vec(), bytes).unwrap()
+        };
         let rsa_garbage = || {
             let mut modulus = vec![0u8; 256];
             rand::RngCore::fill_bytes(&mut rng(), &mut modulus);
@@ -628,7 +779,13 @@ mod tests {
                 rsa.sign(unsigned.clone(), &mut rng()).commitments()[0].clone(),
                 forged(),
             ],
-            _ => vec![forged(), rsa_garbage()],
+            17 => vec![forged(), rsa_garbage()],
+            18 => vec![batch(&|_| {})],
+            19 => vec![batch(&|bytes| bytes[BATCH_HEADER_BYTES + 5] ^= 1)],
+            // Leaf 1 of 3 and of 4 share their path to the same root: the count is signed.
+            20 => vec![batch(&|bytes| bytes[71] = 4)],
+            21 => vec![batch(&|bytes| bytes[67] = 0)],
+            _ => unreachable!("kind {kind}"),
         };
         let mut message = unsigned;
         for commitment in commitments {
@@ -639,7 +796,7 @@ mod tests {
 
     #[test]
     fn batch_agrees_with_single_on_seeded_mixes() {
-        const KINDS: u8 = 18;
+        const KINDS: u8 = 22;
         let wallets: Vec<Wallet> = (1..=4u8)
             .map(|i| Wallet::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&[i; 32]))))
             .collect();
@@ -686,7 +843,7 @@ mod tests {
     fn every_mixed_kind_is_decided_the_same_alone_and_together() {
         let wallets = vec![Wallet::generate_ed25519(&mut rng())];
         let rsa = rsa_wallet();
-        let messages: Vec<Message> = (0..18u8)
+        let messages: Vec<Message> = (0..22u8)
             .map(|kind| mixed_message(kind, u64::from(kind), &wallets, rsa))
             .collect();
         let single: Vec<_> = messages
@@ -726,7 +883,95 @@ mod tests {
             ]
         );
         assert_eq!(reasons[16], "signature");
+        assert_eq!(reasons[18..], ["ok", "signature", "signature", "signature"]);
         assert_eq!(verify_batch(messages), single);
+    }
+
+    #[test]
+    fn batch_signing_gives_each_message_its_own_verifiable_commitment() {
+        let wallet = Wallet::generate_ed25519(&mut rng());
+        let messages: Vec<Message> = (0..5).map(|i| Message::new().with("n", i)).collect();
+        let signed = wallet.sign_batch(messages.clone(), &mut rng());
+        assert_eq!(signed.len(), 5);
+        let mut ids = std::collections::BTreeSet::new();
+        for (message, signed) in messages.iter().zip(&signed) {
+            assert_eq!(signed.unsigned_id(), message.unsigned_id());
+            assert_eq!(signed.commitments()[0].scheme(), Scheme::Ed25519Batch);
+            // Both encodings carry it, and it verifies alone after either.
+            let json = super::super::json::from_slice(
+                &serde_json::to_vec(&super::super::json::to_json(signed)).unwrap(),
+            )
+            .unwrap();
+            let wire = super::super::wire::decode(&super::super::wire::encode(signed)).unwrap();
+            for copy in [signed.clone(), json, wire] {
+                let verified = VerifiedMessage::verify(copy).unwrap();
+                assert_eq!(verified.from(), wallet.address());
+                assert_eq!(verified.id(), signed.id());
+            }
+            ids.insert(signed.id());
+        }
+        assert_eq!(ids.len(), 5, "every message has its own id");
+        assert!(verify_batch(signed.clone()).iter().all(Result::is_ok));
+        // Another message under a batch member's commitment.
+        let mut moved = Message::new().with("n", 99);
+        moved
+            .push_commitment(signed[2].commitments()[0].clone())
+            .unwrap();
+        assert_eq!(
+            VerifiedMessage::verify(moved),
+            Err(MessageError::SignatureInvalid)
+        );
+        // One message is signed plainly; none gives none.
+        let one = wallet.sign_batch(messages[..1].to_vec(), &mut rng());
+        assert_eq!(one[0].commitments()[0].scheme(), Scheme::Ed25519);
+        assert!(wallet.sign_batch(Vec::new(), &mut rng()).is_empty());
+    }
+
+    #[test]
+    fn malformed_batch_commitments_are_refused_on_construction() {
+        let wallet = Wallet::generate_ed25519(&mut rng());
+        let messages: Vec<Message> = (0..3).map(|i| Message::new().with("n", i)).collect();
+        let good = wallet.sign_batch(messages, &mut rng())[0].commitments()[0].clone();
+        let key = good.public_key().to_vec();
+        let bytes = good.signature().to_vec();
+        assert_eq!(
+            bytes.len(),
+            BATCH_HEADER_BYTES + 2 * 32,
+            "leaf 0 of 3: two hashes"
+        );
+        let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = bytes.clone();
+            edit(&mut bytes);
+            Commitment::new(Scheme::Ed25519Batch, key.clone(), bytes)
+        };
+        assert!(with(&|_| {}).is_ok());
+        let refused = [
+            ("no path", with(&|b| b.truncate(BATCH_HEADER_BYTES))),
+            ("ragged", with(&|b| b.truncate(BATCH_HEADER_BYTES + 40))),
+            (
+                "one hash too many",
+                with(&|b| b.extend_from_slice(&[0; 32])),
+            ),
+            ("too short", with(&|b| b.truncate(64))),
+            ("index = count", with(&|b| b[67] = 3)),
+            ("no leaves", with(&|b| b[71] = 0)),
+            ("count too large", with(&|b| b[68] = 2)),
+            ("leaf 2 of 3 has one hash", with(&|b| b[67] = 2)),
+            (
+                "17 hashes",
+                with(&|b| {
+                    b[68..72].copy_from_slice(&(1u32 << 17).to_be_bytes());
+                    b.resize(BATCH_HEADER_BYTES + 17 * 32, 0);
+                }),
+            ),
+        ];
+        for (what, result) in refused {
+            assert!(
+                matches!(result, Err(MessageError::CommitmentInvalid(_))),
+                "{what}: {result:?}"
+            );
+        }
+        assert!(Commitment::new(Scheme::Ed25519Batch, key[..31].to_vec(), bytes.clone()).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod commitment;
 mod ed25519;
 mod hashpath;
 pub mod json;
+pub mod merkle;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 pub use commitment::{
     Commitment, RSA_MODULUS_BYTES_MAX, RSA_MODULUS_BYTES_MIN, Scheme, VerifiedMessage, Wallet,
-    signed_payload, verify_batch,
+    batch_signed_payload, signed_payload, verify_batch,
 };
 pub use hashpath::{Hashpath, verify_chain};
 

@@ -10,7 +10,8 @@
 //!
 //! [`SequencerCore`] owns the [`Scheduler`]. It never touches the store, a clock or a key: the
 //! driver passes `now_ms`, a [`ScheduleIndex`] over its durable store (for messages scheduled
-//! before), and a signing closure. At most one batch is in flight; until it is committed (or has
+//! before), and a signing closure, called once per batch with all of its new assignments (so the
+//! driver can sign them together: one batch commitment per group commit). At most one batch is in flight; until it is committed (or has
 //! failed), `poll_batch` answers `None` and requests wait in the queue. That is what makes
 //! duplicate detection exact: every message is either durable (the index finds it), in the
 //! batch being built, or not scheduled at all.
@@ -231,13 +232,18 @@ impl<M, R, E> SequencerCore<M, R, E> {
 
     /// Builds the next batch from up to `batch_max` queued requests: duplicates of durable
     /// messages and refusals are answered at once (through `poll_reply`), new messages get
-    /// slots, signed by `sign`. `None` while a batch is in flight, or when nothing new needs a
-    /// commit. Changes what `poll_reply` returns.
+    /// slots. `sign` gets the batch's new assignments, in slot order, and returns their signed
+    /// assignment messages in the same order; it is not called when there are none. `None`
+    /// while a batch is in flight, or when nothing new needs a commit. Changes what
+    /// `poll_reply` returns.
+    ///
+    /// # Panics
+    /// When `sign` returns a different number of messages than it was given assignments.
     pub fn poll_batch<I>(
         &mut self,
         now_ms: u64,
         index: &mut I,
-        mut sign: impl FnMut(&Assignment) -> Message,
+        sign: impl FnOnce(&[Assignment]) -> Vec<Message>,
     ) -> Option<Batch<M>>
     where
         I: ScheduleIndex<Error = E>,
@@ -248,25 +254,16 @@ impl<M, R, E> SequencerCore<M, R, E> {
         let taken = self.queue.len().min(self.batch_max);
         let mut build = Build {
             entries: Vec::with_capacity(taken),
-            receipts: Vec::with_capacity(taken),
             waiting: Vec::with_capacity(taken),
             in_batch: HashMap::with_capacity(taken),
             undo: Vec::new(),
         };
         for request in self.queue.drain(..taken) {
-            let answer = admit(
-                &mut self.scheduler,
-                request,
-                now_ms,
-                index,
-                &mut sign,
-                &mut build,
-            );
+            let answer = admit(&mut self.scheduler, request, now_ms, index, &mut build);
             if let Some(reply) = answer {
                 self.replies.push_back(reply);
             }
         }
-        assert_eq!(build.entries.len(), build.receipts.len());
         if build.entries.is_empty() {
             assert!(
                 build.waiting.is_empty(),
@@ -274,18 +271,41 @@ impl<M, R, E> SequencerCore<M, R, E> {
             );
             return None;
         }
+        let (assignments, messages): (Vec<Assignment>, Vec<M>) = build.entries.into_iter().unzip();
+        let signed = sign(&assignments);
+        assert_eq!(
+            signed.len(),
+            assignments.len(),
+            "one signed assignment message per assignment"
+        );
+        let receipts = assignments
+            .iter()
+            .zip(&signed)
+            .map(|(assignment, signed)| Receipt {
+                assignment: assignment.clone(),
+                signed: signed.id(),
+                duplicate: false,
+            })
+            .collect();
+        let entries = assignments
+            .into_iter()
+            .zip(signed)
+            .zip(messages)
+            .map(|((assignment, signed), message)| Sequenced {
+                assignment,
+                signed,
+                message,
+            })
+            .collect();
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
         self.in_flight = Some(InFlight {
             id,
-            receipts: build.receipts,
+            receipts,
             waiting: build.waiting,
             undo: build.undo,
         });
-        Some(Batch {
-            id,
-            entries: build.entries,
-        })
+        Some(Batch { id, entries })
     }
 
     /// The driver's commit of batch `id` finished: on `Ok` every sender of the batch is
@@ -338,8 +358,8 @@ impl<M, R, E> SequencerCore<M, R, E> {
 
 /// The batch being built by one `poll_batch`.
 struct Build<M, R> {
-    entries: Vec<Sequenced<M>>,
-    receipts: Vec<Receipt>,
+    /// New assignments (signed once the batch is built) and their messages.
+    entries: Vec<(Assignment, M)>,
     waiting: Vec<(R, Pending)>,
     in_batch: HashMap<Id, usize>,
     undo: Vec<(Id, Option<ProcessHead>)>,
@@ -351,7 +371,6 @@ fn admit<M, R, I: ScheduleIndex>(
     request: Request<M, R>,
     now_ms: u64,
     index: &mut I,
-    sign: &mut impl FnMut(&Assignment) -> Message,
     build: &mut Build<M, R>,
 ) -> Option<Reply<R, I::Error>> {
     let Request {
@@ -390,21 +409,11 @@ fn admit<M, R, I: ScheduleIndex>(
         Err(e) => return Some((reply, Err(Refused::Schedule(e)))),
     };
     build.undo.push((process, before));
-    let signed = sign(&assignment);
-    build.receipts.push(Receipt {
-        assignment: assignment.clone(),
-        signed: signed.id(),
-        duplicate: false,
-    });
     build.in_batch.insert(id, build.entries.len());
     build
         .waiting
         .push((reply, Pending::Entry(build.entries.len())));
-    build.entries.push(Sequenced {
-        assignment,
-        signed,
-        message,
-    });
+    build.entries.push((assignment, message));
     None
 }
 
@@ -441,8 +450,8 @@ mod tests {
         }
     }
 
-    fn sign(a: &Assignment) -> Message {
-        a.to_message()
+    fn sign(assignments: &[Assignment]) -> Vec<Message> {
+        assignments.iter().map(Assignment::to_message).collect()
     }
 
     fn commit(index: &mut Index, batch: &Batch<()>) {
@@ -501,6 +510,52 @@ mod tests {
         assert!(receipt.duplicate);
         assert_eq!((got[0].0, receipt.assignment.slot), (14, 1));
         assert_eq!(batch.entries[0].assignment.slot, 2);
+    }
+
+    #[test]
+    fn a_batch_is_signed_once_with_all_its_new_assignments_in_order() {
+        let mut core = Core::new(Scheduler::new(), 8);
+        let mut index = Index::default();
+        let p = Target::Process(id(1));
+        core.handle_request(request(1, Target::Spawn, 1)).unwrap();
+        for (n, reply) in [(2, 2), (3, 3), (2, 4), (4, 5)] {
+            core.handle_request(request(n, p, reply)).unwrap();
+        }
+        let mut calls = Vec::new();
+        let batch = core
+            .poll_batch(0, &mut index, |assignments| {
+                calls.push(assignments.iter().map(|a| a.slot).collect::<Vec<_>>());
+                // Any marking of the signed messages shows which receipt got which.
+                assignments
+                    .iter()
+                    .map(|a| a.to_message().with("signed-slot", a.slot as i64))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(
+            calls,
+            [vec![0, 1, 2, 3]],
+            "one call, the duplicate left out"
+        );
+        for e in &batch.entries {
+            assert_eq!(
+                e.signed.get("signed-slot"),
+                Some(&crate::message::Value::Int(e.assignment.slot as i64))
+            );
+        }
+        commit(&mut index, &batch);
+        core.handle_committed(batch.id, Ok::<(), &str>(()));
+        for (_, receipt) in replies(&mut core) {
+            let receipt = receipt.unwrap();
+            let entry = &batch.entries[receipt.assignment.slot as usize];
+            assert_eq!(receipt.signed, entry.signed.id());
+        }
+        // Nothing new to schedule (a durable duplicate): no batch, and no signing.
+        core.handle_request(request(3, p, 6)).unwrap();
+        assert!(
+            core.poll_batch(1, &mut index, |_| unreachable!("nothing to sign"))
+                .is_none()
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use ferrobeam::execute::{Instance, SlotInput, SlotOutcome, Snapshot};
 use ferrobeam::message::{Id, Message, Wallet};
 use ferrobeam::node::compute::result_record;
 use ferrobeam::push::{self, PeerQueue, Push};
-use ferrobeam::schedule::Scheduler;
 use ferrobeam::schedule::sequencer::{BatchId, Request, SequencerCore, Target};
+use ferrobeam::schedule::{Assignment, Scheduler};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -247,8 +247,9 @@ impl SimNode {
         let batch = loop {
             let wallet = &self.wallet;
             let mut index = Index(self.store.live());
-            let batch = self.core.poll_batch(wall_ms, &mut index, |a| {
-                wallet.sign(a.to_message(), &mut sign_rng())
+            let batch = self.core.poll_batch(wall_ms, &mut index, |assignments| {
+                let unsigned = assignments.iter().map(Assignment::to_message).collect();
+                wallet.sign_batch(unsigned, &mut sign_rng())
             });
             let more =
                 self.core.queued() > 0 && self.core.in_flight().is_none() && !self.core.stopped();
@@ -315,7 +316,7 @@ impl SimNode {
             let mut index = Index(self.store.live());
             assert!(
                 self.core
-                    .poll_batch(ctx.now, &mut index, |a| a.to_message())
+                    .poll_batch(ctx.now, &mut index, |_| unreachable!("no batch to sign"))
                     .is_none(),
                 "a stopped core makes no batch"
             );

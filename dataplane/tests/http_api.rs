@@ -332,6 +332,11 @@ fn concurrent_valid_forged_and_unsigned_posts_each_get_their_own_answer() {
         (senders * each + 1) as f64
     );
     assert!(node.metric("ferrobeam_http_verify_batch_size_count ") >= 1.0);
+    // Every group commit was timed, and each took some time (a write and an fsync).
+    let commits = node.metric("ferrobeam_commits_total ");
+    assert!(commits >= 1.0);
+    assert_eq!(node.metric("ferrobeam_commit_seconds_count "), commits);
+    assert!(node.metric("ferrobeam_commit_seconds_sum ") > 0.0);
 }
 
 #[test]

@@ -23,6 +23,9 @@ use ferrobeam::message::{Address, Id, Message, Wallet, b64};
 const PRESIGNED_MAX: usize = 4_000_000;
 /// Most frames one stream keeps in flight.
 const WINDOW_MAX: usize = 4096;
+/// How late a paced frame may be sent before the lateness counts in its latency: the timer's
+/// granularity.
+const PACING_SLACK: Duration = Duration::from_millis(1);
 
 /// What to send.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,11 @@ pub struct BenchArgs {
     /// Frames in flight per stream.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// Frames per second over all streams, paced (open loop) instead of as fast as the window
+    /// allows: for ack latency at a given load. A frame that waits for window credit past its
+    /// send time is timed from its send time.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Messages to pre-sign (messages mode); the run ends early when they are all sent.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
@@ -95,6 +103,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.messages > PRESIGNED_MAX {
         bail!("--messages is at most {PRESIGNED_MAX}");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of frames per second");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(bench(&args))?;
@@ -173,10 +184,14 @@ async fn bench(args: &BenchArgs) -> Result<Json> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    // Each stream paces its share of --rate.
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(lanes as f64 / rate));
     for (i, lane) in work.drain(..).enumerate() {
         let client = clients[i % args.connections].clone();
         let (totals, stop, window) = (totals.clone(), stop.clone(), args.window);
-        tasks.spawn(async move { run_lane(client, lane, window, totals, stop).await });
+        tasks.spawn(async move { run_lane(client, lane, window, interval, totals, stop).await });
     }
     let progress = tokio::spawn(progress(totals.clone(), start));
     let deadline =
@@ -267,6 +282,7 @@ async fn run_lane(
     client: Arc<QuicClient>,
     lane: Lane,
     window: usize,
+    interval: Option<Duration>,
     totals: Arc<Totals>,
     stop: Arc<AtomicBool>,
 ) -> Result<LaneResult> {
@@ -281,14 +297,30 @@ async fn run_lane(
                 Lane::Bulk(frame) => Box::new(std::iter::repeat(frame)),
                 Lane::Messages(frames) => Box::new(frames.into_iter().map(bytes::Bytes::from)),
             };
+            let mut due = Instant::now();
             // Bounded by the deadline or the pre-signed messages.
             while !stop.load(Ordering::Relaxed) {
                 let Some(frame) = frames.next() else { break };
+                if interval.is_some() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 credit.acquire().await?.forget();
+                let now = Instant::now();
+                // Paced: a frame held back by the node (no window credit) is timed from when it
+                // was due, so stalls count (no coordinated omission); the timer's own lateness
+                // (its granularity is 1 ms) does not.
+                let sent_at = match interval {
+                    Some(interval) => {
+                        let late = now > due + PACING_SLACK;
+                        due += interval;
+                        if late { due - interval } else { now }
+                    }
+                    None => now,
+                };
                 let payload = frame
                     .len()
                     .saturating_sub(ferrobeam::ingress::frame::HEADER_BYTES);
-                sent_tx.send((Instant::now(), payload as u64))?;
+                sent_tx.send((sent_at, payload as u64))?;
                 sender.send_bytes(frame).await?;
             }
             sender.finish();
@@ -490,6 +522,7 @@ fn report(
         "streams": args.streams,
         "size": size,
         "window": args.window,
+        "rate": args.rate,
         "seconds": elapsed,
         "bytes": bytes,
         "frames": replies,
@@ -542,6 +575,29 @@ fn human(report: &Json) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    #[test]
+    fn bad_rates_windows_and_counts_are_refused_before_connecting() {
+        use clap::Parser as _;
+        for bad in [
+            &["--rate", "0"][..],
+            &["--rate=-5"],
+            &["--rate", "NaN"],
+            &["--rate", "inf"],
+            &["--window", "0"],
+            &["--connections", "0"],
+        ] {
+            let args = Cli::parse_from(std::iter::once("bench").chain(bad.iter().copied())).args;
+            let error = run(args).expect_err("refused").to_string();
+            assert!(error.starts_with("--"), "{bad:?}: {error}");
+        }
+    }
 
     #[test]
     fn percentiles_pick_ranks() {

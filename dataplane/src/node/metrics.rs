@@ -25,6 +25,8 @@ pub struct Metrics {
     pub commits: Counter,
     /// Messages per group commit.
     pub commit_batch_size: Histogram,
+    /// Seconds per group commit: the store write and its fsync, which every ack waits for.
+    pub commit_seconds: Histogram,
     /// Slots computed (results stored).
     pub slots_computed: Counter,
     /// Slots whose result is an error (trap, limit, ABI violation).
@@ -75,6 +77,8 @@ impl Metrics {
         let requests_rejected = Family::<CodeLabel, Counter>::default();
         let commits = Counter::default();
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        // 50 µs to 0.4 s: an idle disk's fsync to a stalled one.
+        let commit_seconds = Histogram::new(exponential_buckets(50e-6, 2.0, 14));
         let slots_computed = Counter::default();
         let slot_errors = Counter::default();
         let processes = Gauge::default();
@@ -135,6 +139,11 @@ impl Metrics {
             commit_batch_size.clone(),
         );
         registry.register(
+            "commit_seconds",
+            "Seconds per group commit (store write and fsync)",
+            commit_seconds.clone(),
+        );
+        registry.register(
             "slots_computed",
             "Slots computed by the executors",
             slots_computed.clone(),
@@ -171,6 +180,7 @@ impl Metrics {
             requests_rejected,
             commits,
             commit_batch_size,
+            commit_seconds,
             slots_computed,
             slot_errors,
             processes,

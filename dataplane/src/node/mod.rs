@@ -18,7 +18,7 @@ mod key;
 pub mod pusher;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -327,7 +327,8 @@ impl Sequencer {
     }
 
     /// Starts the sequencer thread over `store`, restoring every process head from it.
-    /// `on_commit` runs on the sequencer thread after each durable commit, with the batch.
+    /// `on_commit` runs on the sequencer thread after each durable commit, with the batch and
+    /// how long its commit (write and fsync) took.
     ///
     /// # Errors
     /// [`NodeError::Store`] when the heads cannot be read.
@@ -335,7 +336,7 @@ impl Sequencer {
         store: Arc<Store>,
         wallet: Wallet,
         batch_max: usize,
-        on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+        on_commit: Box<dyn FnMut(Vec<Scheduled>, Duration) + Send>,
     ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
         Self::start_pinned(store, wallet, batch_max, on_commit, None)
     }
@@ -348,7 +349,7 @@ impl Sequencer {
         store: Arc<Store>,
         wallet: Wallet,
         batch_max: usize,
-        on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+        on_commit: Box<dyn FnMut(Vec<Scheduled>, Duration) + Send>,
         cpu: Option<usize>,
     ) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
         let scheduler = restore_scheduler(&store)?;
@@ -515,7 +516,7 @@ struct SequencerThread {
     store: Arc<Store>,
     wallet: Wallet,
     core: SequencerCore<Message, oneshot::Sender<Result<Ack, NodeError>>, NodeError>,
-    on_commit: Box<dyn FnMut(Vec<Scheduled>) + Send>,
+    on_commit: Box<dyn FnMut(Vec<Scheduled>, Duration) + Send>,
     /// Closed while a [`SequencerHold`] is alive.
     gate: Arc<Gate>,
 }
@@ -613,7 +614,9 @@ impl SequencerThread {
                     message: e.message,
                 })
                 .collect();
+            let started = Instant::now();
             let committed = self.store.commit(&scheduled);
+            let commit_time = started.elapsed();
             if let Err(e) = &committed {
                 tracing::error!(error = %e, "group commit failed; nothing in the batch is acknowledged");
             }
@@ -623,7 +626,7 @@ impl SequencerThread {
             // Heads are updated before anyone is acknowledged, so a sender that reads the
             // process right after its ack sees its slot.
             if ok {
-                (self.on_commit)(scheduled);
+                (self.on_commit)(scheduled, commit_time);
             }
         }
         while let Some((reply, answer)) = self.core.poll_reply() {
@@ -975,9 +978,10 @@ impl Node {
         let on_commit = {
             let heads = heads.clone();
             let metrics = metrics.clone();
-            Box::new(move |batch: Vec<Scheduled>| {
+            Box::new(move |batch: Vec<Scheduled>, commit_time: Duration| {
                 metrics.commits.inc();
                 metrics.commit_batch_size.observe(batch.len() as f64);
+                metrics.commit_seconds.observe(commit_time.as_secs_f64());
                 let mut heads = heads
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);

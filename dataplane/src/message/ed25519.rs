@@ -33,6 +33,9 @@
 //! each coefficient depends on every key, signature and payload, no sender can choose signatures
 //! that cancel out.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+
 use ed25519_zebra::batch;
 use rand::SeedableRng as _;
 use sha2::{Digest as _, Sha512};
@@ -42,6 +45,17 @@ use super::MessageError;
 /// Domain separator of the transcript that seeds a batch's coefficients.
 const BATCH_TRANSCRIPT_DOMAIN: &[u8] = b"ferrobeam-ed25519-batch-v1";
 
+/// Most keys one thread remembers as checked (32 bytes each; the set is emptied when full).
+pub const CHECKED_KEYS_MAX: usize = 4096;
+
+thread_local! {
+    /// Keys that passed [`check_key`] on this thread. A sender signs many messages with one key,
+    /// and decoding a key (a field square root) is about a tenth of an ingress thread's time.
+    /// Only accepted keys go in, so what the set holds never changes an answer; a flood of new
+    /// keys only empties it.
+    static CHECKED_KEYS: RefCell<HashSet<[u8; 32]>> = RefCell::new(HashSet::new());
+}
+
 /// Decodes an Ed25519 public key and refuses small-order ones.
 ///
 /// # Errors
@@ -50,15 +64,31 @@ pub fn check_key(bytes: &[u8]) -> Result<[u8; 32], MessageError> {
     let bytes: [u8; 32] = bytes
         .try_into()
         .map_err(|_| MessageError::CommitmentInvalid("ed25519 key length".into()))?;
+    if CHECKED_KEYS.with(|keys| keys.borrow().contains(&bytes)) {
+        return Ok(bytes);
+    }
+    decode_key(&bytes)?;
+    CHECKED_KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if keys.len() >= CHECKED_KEYS_MAX {
+            keys.clear();
+        }
+        keys.insert(bytes);
+    });
+    Ok(bytes)
+}
+
+/// The decoding and small-order check of [`check_key`], without its memory.
+fn decode_key(bytes: &[u8; 32]) -> Result<(), MessageError> {
     // ed25519-dalek decodes with the same curve25519-dalek decompression ed25519-zebra uses.
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
         .map_err(|_| MessageError::CommitmentInvalid("ed25519 key is not a curve point".into()))?;
     if key.is_weak() {
         return Err(MessageError::CommitmentInvalid(
             "ed25519 key has small order: anyone can sign for it".into(),
         ));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Verifies one signature under the rule above.
@@ -424,6 +454,35 @@ mod tests {
             verify(&key, &signature, PAYLOAD),
             Err(MessageError::CommitmentInvalid(_))
         ));
+    }
+
+    #[test]
+    fn remembered_keys_change_no_answer_and_stay_bounded() {
+        let (key, signature) = valid(9, PAYLOAD);
+        for _ in 0..3 {
+            assert_eq!(verify(&key, &signature, PAYLOAD), Ok(()));
+            assert_eq!(
+                verify(&key, &signature, b"other"),
+                Err(MessageError::SignatureInvalid)
+            );
+        }
+        // Refused keys are refused every time: they are never remembered.
+        let weak = EIGHT_TORSION[1].compress().to_bytes();
+        let mut undecodable = [0u8; 32];
+        undecodable[0] = 2;
+        for _ in 0..3 {
+            assert!(check_key(&weak).is_err());
+            assert!(check_key(&undecodable).is_err());
+        }
+        assert!(CHECKED_KEYS.with(|keys| !keys.borrow().contains(&weak)));
+        // A flood of valid keys empties the set instead of growing it.
+        for seed in 0..=CHECKED_KEYS_MAX as u64 {
+            let secret = Scalar::from(seed + 1);
+            let key = EdwardsPoint::mul_base(&secret).compress().to_bytes();
+            assert_eq!(check_key(&key), Ok(key));
+            assert!(CHECKED_KEYS.with(|keys| keys.borrow().len()) <= CHECKED_KEYS_MAX);
+        }
+        assert_eq!(verify(&key, &signature, PAYLOAD), Ok(()));
     }
 
     #[test]

@@ -831,6 +831,14 @@ fn info_reports_the_pinned_cores(kind: TransportKind) {
         sequencer.iter().all(|cpus| *cpus == planned),
         "{sequencer:?}"
     );
+    let http_verify = cpus_of("ferrobeam-http-");
+    let planned = cores["http-verify"].as_u64().unwrap();
+    assert_eq!(planned, *list("ingress").last().unwrap());
+    assert!(!http_verify.is_empty());
+    assert!(
+        http_verify.iter().all(|cpus| *cpus == planned.to_string()),
+        "{http_verify:?}"
+    );
 }
 
 /// Every test above, in a module per backend (`on_tokio::a_process_spawns_over_quic`, ...).

@@ -58,15 +58,20 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Starts the verifier thread.
+    /// Starts the verifier thread, pinned to logical CPU `cpu` when one is given.
     ///
     /// # Errors
     /// [`NodeError::Unavailable`] when the thread cannot be spawned.
-    pub fn start() -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
+    pub fn start(cpu: Option<usize>) -> Result<(Self, std::thread::JoinHandle<()>), NodeError> {
         let (verifier, mut queue) = Self::unstarted();
         let thread = std::thread::Builder::new()
             .name("ferrobeam-http-verify".into())
-            .spawn(move || while queue.drain().is_some() {})
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    crate::node::cores::pin_current_thread(cpu);
+                }
+                while queue.drain().is_some() {}
+            })
             .map_err(|e| NodeError::Unavailable(format!("starting the HTTP verifier: {e}")))?;
         Ok((verifier, thread))
     }
@@ -314,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_thread_verifies_and_ends_when_the_last_handle_is_dropped() {
-        let (verifier, thread) = Verifier::start().unwrap();
+        let (verifier, thread) = Verifier::start(None).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -10,6 +10,8 @@
 //! - The sequencer (one thread: slots, signatures, group commit) is pinned to the SMT sibling of
 //!   the first ingress core when there is one, else it shares that ingress core: it is fed by
 //!   the ingress and its work is per message, like the ingress's.
+//! - The HTTP verifier (one thread: batch signature checks of HTTP posts) is the HTTP API's
+//!   ingress: it is pinned to the last ingress thread's CPU.
 //!
 //! A machine whose topology cannot be read falls back to the logical CPUs the process may run
 //! on, each counted as a core. The plan is pure (a topology in, CPU ids out) and reported at
@@ -19,6 +21,7 @@ use serde::Serialize;
 
 /// The logical CPUs of each pinned thread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CorePlan {
     /// One entry per ingress thread.
     pub ingress: Vec<usize>,
@@ -26,6 +29,8 @@ pub struct CorePlan {
     pub exec: Vec<usize>,
     /// The sequencer thread's CPU.
     pub sequencer: usize,
+    /// The HTTP verifier thread's CPU.
+    pub http_verify: usize,
 }
 
 impl CorePlan {
@@ -54,12 +59,14 @@ impl CorePlan {
             .map(first)
             .collect();
         let sequencer = cores[0].get(1).copied().unwrap_or(cores[0][0]);
+        let http_verify = *ingress.last().expect("at least one ingress thread");
         debug_assert_eq!(ingress.len(), ingress_count);
         debug_assert_eq!(exec.len(), exec_count);
         Self {
             ingress,
             exec,
             sequencer,
+            http_verify,
         }
     }
 
@@ -130,11 +137,13 @@ mod tests {
         assert_eq!(two.ingress, vec![0]);
         assert_eq!(two.exec, vec![1]);
         assert_eq!(two.sequencer, 0);
+        assert_eq!(two.http_verify, 0);
         let one = CorePlan::new(&no_smt(1), 0, 0);
         assert_eq!((one.ingress, one.exec), (vec![0], vec![0]));
         let eight = CorePlan::new(&no_smt(8), 0, 0);
         assert_eq!(eight.ingress, vec![0, 1]);
         assert_eq!(eight.exec, vec![2, 3, 4, 5, 6, 7]);
+        assert_eq!(eight.http_verify, 1, "the last ingress core");
         // 4 cores with SMT: siblings (0,4) (1,5) (2,6) (3,7); one thread per physical core,
         // the sequencer on the first ingress core's sibling.
         let smt: Vec<Vec<usize>> = (0..4).map(|core| vec![core, core + 4]).collect();

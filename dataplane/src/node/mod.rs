@@ -1011,7 +1011,8 @@ impl Node {
             store.clone(),
             metrics.clone(),
         )?);
-        let (verifier, verifier_thread) = crate::api::verify::Verifier::start()?;
+        let (verifier, verifier_thread) =
+            crate::api::verify::Verifier::start(Some(cores.http_verify))?;
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| StartError::Bind {

@@ -2,10 +2,15 @@
 # End-to-end QUIC data-plane benchmark with its baselines, in one invocation, on loopback.
 #
 # Matrix: backends × {bulk, messages} × {1452 B, jumbo 8952 B packets} × {1, 4 connections},
-# RUNS runs each (median reported). A fresh `ferrobeam node` per backend and packet size, loaded
-# by `ferrobeam bench` (quinn client, same packet bound as the node). Baselines, same packet
-# sizes, same machine, same invocation: iperf3 TCP, raw UDP with GSO+GRO (ferrobeam-udp-gso),
-# `openssl speed -evp aes-128-gcm` at 16 KiB and 1350 B.
+# RUNS runs each (median reported). Baselines, same packet sizes, same machine, same invocation:
+# iperf3 TCP, raw UDP with GSO+GRO (ferrobeam-udp-gso), `openssl speed -evp aes-128-gcm` at
+# 16 KiB and 1350 B.
+#
+# The runs are made in RUNS rounds: each round runs every cell once, then every baseline once,
+# so slow drift of the machine (other tenants, writeback, thermal) falls on every backend and
+# baseline alike instead of on whichever ran first. Each round starts a fresh `ferrobeam node`
+# (empty store) per backend and packet size, loaded by `ferrobeam bench` (quinn client, same
+# packet bound as the node). After the build the script syncs and waits SETTLE seconds.
 #
 # Writes target/bench/bench-<time>.json (every run and every baseline), target/bench/bench.svg
 # (chart) and prints a Markdown summary for docs/BENCHMARKS.md: medians, Gbit/s per busy core
@@ -15,7 +20,8 @@
 #   --quick      1 run of 2 s per cell, 20k messages (a smoke run; not for figures)
 #   --backends   comma list; backends this build lacks (the node refuses them) are skipped
 #   --runs       runs per cell (default 5)      --duration  seconds per run (default 10)
-# Environment: CARGO_TARGET_DIR (default target), RUN_TIMEOUT (default 120 s per command).
+# Environment: CARGO_TARGET_DIR (default target), RUN_TIMEOUT (default 120 s per command),
+# SETTLE (default 15 s: the build's writeback finishes before the first run).
 # Measure on an idle machine: other load halves every figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +40,7 @@ while [ $# -gt 0 ]; do
     --backends) BACKENDS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,6 +62,8 @@ cargo build --release --locked -p ferrobeam -p ferrobeam-benches \
   --bin ferrobeam --bin ferrobeam-udp-gso >&2
 NODE_BIN="$TARGET/release/ferrobeam"
 UDP_BIN="$TARGET/release/ferrobeam-udp-gso"
+sync
+sleep "${SETTLE:-15}"
 
 WORK=$(mktemp -d)
 RUNS_FILE="$WORK/runs.jsonl"
@@ -108,20 +116,23 @@ MACHINE="$(nproc) CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r), load $(cu
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 echo "bench.sh: $MACHINE; $RUNS run(s) × ${DURATION}s per cell" >&2
 
-# The matrix.
+# The matrix and the baselines, round by round.
 AVAILABLE=""
-for backend in ${BACKENDS//,/ }; do
-  for payload in $SIZES; do
-    if ! start_node "$backend" "$payload"; then
-      echo "bench.sh: backend $backend is not available in this build; skipped" >&2
-      sed -n '1,3p' "$WORK/node.log" >&2
-      continue 2
-    fi
-    case " $AVAILABLE " in *" $backend "*) ;; *) AVAILABLE="$AVAILABLE $backend" ;; esac
-    for mode in $MODES; do
-      for conns in $CONNECTIONS; do
-        for run in $(seq 1 "$RUNS"); do
-          echo "bench.sh: $backend ${payload}B $mode ${conns}conn run $run/$RUNS" >&2
+SKIPPED=""
+for run in $(seq 1 "$RUNS"); do
+  for backend in ${BACKENDS//,/ }; do
+    case " $SKIPPED " in *" $backend "*) continue ;; esac
+    for payload in $SIZES; do
+      if ! start_node "$backend" "$payload"; then
+        echo "bench.sh: backend $backend is not available in this build; skipped" >&2
+        sed -n '1,3p' "$WORK/node.log" >&2
+        SKIPPED="$SKIPPED $backend"
+        continue 2
+      fi
+      case " $AVAILABLE " in *" $backend "*) ;; *) AVAILABLE="$AVAILABLE $backend" ;; esac
+      for mode in $MODES; do
+        for conns in $CONNECTIONS; do
+          echo "bench.sh: round $run/$RUNS: $backend ${payload}B $mode ${conns}conn" >&2
           if out=$(timeout "$RUN_TIMEOUT" "$NODE_BIN" bench --node "quic://$QUIC" --http "$HTTP" \
             --address "$ADDRESS" --node-pid "$NODE_PID" --mode "$mode" --connections "$conns" \
             --duration "$DURATION" --messages "$MESSAGES" --max-udp-payload "$payload" --json \
@@ -135,14 +146,13 @@ for backend in ${BACKENDS//,/ }; do
           fi
         done
       done
+      stop_node
+      # Every round starts from an empty store (and the disk stays small).
+      rm -rf "$WORK/node-$backend-$payload"
     done
-    stop_node
   done
-done
 
-# Baselines.
-for run in $(seq 1 "$RUNS"); do
-  echo "bench.sh: iperf3 TCP run $run/$RUNS" >&2
+  echo "bench.sh: round $run/$RUNS: iperf3 TCP" >&2
   port=$(free_port SOCK_STREAM)
   iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
   IPERF_PID=$!
@@ -155,7 +165,7 @@ for run in $(seq 1 "$RUNS"); do
       "busy-cores": ((.end.cpu_utilization_percent.host_total + .end.cpu_utilization_percent.remote_total) / 100)}' \
     "$WORK/iperf.json" >>"$RUNS_FILE" || echo "bench.sh: iperf3 gave no result" >&2
   for payload in $SIZES; do
-    echo "bench.sh: raw UDP GSO+GRO ${payload}B run $run/$RUNS" >&2
+    echo "bench.sh: round $run/$RUNS: raw UDP GSO+GRO ${payload}B" >&2
     timeout "$RUN_TIMEOUT" "$UDP_BIN" --size "$payload" --duration "$DURATION" \
       | jq -c --argjson r "$run" '. + {kind: "udp-gso", payload: .size, run: $r}' >>"$RUNS_FILE" \
       || echo "bench.sh: udp-gso failed" >&2

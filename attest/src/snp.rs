@@ -743,20 +743,28 @@ impl CertificateCache {
     /// [`Error::CertificateCache`] when the file exists but cannot be read or is too large.
     pub fn vcek(&self, key: &VcekKey) -> Result<Option<Vec<u8>>, Error> {
         let path = self.dir.join(key.cache_file_name());
-        let metadata = match std::fs::metadata(&path) {
-            Ok(metadata) => metadata,
+        let failed =
+            |e: std::io::Error| Error::CertificateCache(format!("{}: {e}", path.display()));
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::CertificateCache(format!("{}: {e}", path.display()))),
+            Err(e) => return Err(failed(e)),
         };
-        if metadata.len() > CACHE_FILE_BYTES_MAX {
+        // Read at most one byte past the bound from the open file: a size checked before the
+        // read could change before it.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, CACHE_FILE_BYTES_MAX + 1),
+            &mut bytes,
+        )
+        .map_err(failed)?;
+        if bytes.len() as u64 > CACHE_FILE_BYTES_MAX {
             return Err(Error::CertificateCache(format!(
                 "{} is larger than {CACHE_FILE_BYTES_MAX} bytes",
                 path.display()
             )));
         }
-        std::fs::read(&path)
-            .map(Some)
-            .map_err(|e| Error::CertificateCache(format!("{}: {e}", path.display())))
+        Ok(Some(bytes))
     }
 
     /// Stores a VCEK under its key's file name.

@@ -436,15 +436,21 @@ fn write_ak_file(path: &Path, public: &Public, private: &Private) -> Result<(), 
 }
 
 fn read_ak_file(path: &Path) -> Result<Option<(Public, Private)>, EnclaveError> {
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ak_file_error(path, e)),
     };
-    if metadata.len() > AK_FILE_BYTES_MAX {
+    // Bounded read of the open file: a size checked before the read could change before it.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, AK_FILE_BYTES_MAX + 1),
+        &mut bytes,
+    )
+    .map_err(|e| ak_file_error(path, e))?;
+    if bytes.len() as u64 > AK_FILE_BYTES_MAX {
         return Err(ak_file_error(path, "larger than 16 KiB"));
     }
-    let bytes = std::fs::read(path).map_err(|e| ak_file_error(path, e))?;
     let rest = bytes
         .strip_prefix(AK_FILE_MAGIC)
         .ok_or_else(|| ak_file_error(path, "not a ferrobeam AK file"))?;
@@ -469,7 +475,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_ak_file_over_ak_file_bytes_max_is_refused_unread() {
+    fn an_ak_file_over_ak_file_bytes_max_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ak");
         let file = |bytes: u64| {
@@ -481,7 +487,8 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        // At the maximum the file is read (and found malformed); one byte more is not read.
+        // At the maximum the file is read (and found malformed); one byte more is refused, and
+        // no more than that byte is read.
         assert_eq!(file(AK_FILE_BYTES_MAX), "truncated");
         assert_eq!(file(AK_FILE_BYTES_MAX + 1), "larger than 16 KiB");
     }

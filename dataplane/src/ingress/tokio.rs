@@ -358,34 +358,83 @@ impl StreamState {
             }
             Err(()) => {}
             Ok(Ok(Some(chunk))) => {
-                match ingest.decode_chunk(&mut self.reader, &chunk.bytes, &mut self.bulk) {
-                    Ok(items) => {
-                        ingest.admit(items, &mut self.pending).await;
-                        ingest
-                            .reserve_large_frame(&self.reader, &mut self.large)
-                            .await;
-                    }
-                    Err((items, e)) => {
-                        close_invalid(ingest, recv, &e);
-                        self.read_side = ReadSide::Done;
-                        ingest.admit(items, &mut self.pending).await;
-                        self.pending
-                            .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+                // quinn hands out one STREAM frame's data per chunk, one packet's worth: take
+                // every chunk already received too (READ_CHUNK_BYTES_MAX in all), so their
+                // messages are verified in one batch instead of one by one.
+                let mut chunks = vec![chunk.bytes];
+                let mut total = chunks[0].len();
+                let mut then = None;
+                while total < READ_CHUNK_BYTES_MAX {
+                    match poll_once(recv.read_chunk(READ_CHUNK_BYTES_MAX - total, true)) {
+                        Some(Ok(Some(more))) => {
+                            total += more.bytes.len();
+                            chunks.push(more.bytes);
+                        }
+                        Some(end_or_error) => {
+                            then = Some(end_or_error);
+                            break;
+                        }
+                        None => break,
                     }
                 }
-            }
-            Ok(Ok(None)) => {
-                self.read_side = ReadSide::Done;
-                if !self.reader.at_boundary() {
-                    let e = FrameError::Truncated;
-                    ingest.metrics.frame_invalid(&e);
+                let mut items = Vec::new();
+                let mut invalid = None;
+                for bytes in &chunks {
+                    match ingest.decode_chunk(&mut self.reader, bytes, &mut self.bulk) {
+                        Ok(decoded) => items.extend(decoded),
+                        Err((decoded, e)) => {
+                            items.extend(decoded);
+                            invalid = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = invalid {
+                    close_invalid(ingest, recv, &e);
+                    self.read_side = ReadSide::Done;
+                    ingest.admit(items, &mut self.pending).await;
                     self.pending
                         .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+                    return Flow::Continue;
+                }
+                ingest.admit(items, &mut self.pending).await;
+                ingest
+                    .reserve_large_frame(&self.reader, &mut self.large)
+                    .await;
+                match then {
+                    Some(Ok(None)) => self.on_end(ingest),
+                    Some(Err(_)) => return Flow::Lost,
+                    Some(Ok(Some(_))) | None => {}
                 }
             }
+            Ok(Ok(None)) => self.on_end(ingest),
             Ok(Err(_)) => return Flow::Lost,
         }
         Flow::Continue
+    }
+
+    /// The client finished the stream: refuse a frame it left unfinished.
+    fn on_end(&mut self, ingest: &Ingest) {
+        self.read_side = ReadSide::Done;
+        if !self.reader.at_boundary() {
+            let e = FrameError::Truncated;
+            ingest.metrics.frame_invalid(&e);
+            self.pending
+                .push_back(Outcome::Ready(Reply::Refused((&e).into())));
+        }
+    }
+}
+
+/// Polls `future` once, without waiting: its output when it is ready now. The caller polls a
+/// fresh future (with its task's waker) before it sleeps, so no wake-up is lost.
+fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 

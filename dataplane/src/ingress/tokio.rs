@@ -363,15 +363,20 @@ impl StreamState {
                 // messages are verified in one batch instead of one by one.
                 let mut chunks = vec![chunk.bytes];
                 let mut total = chunks[0].len();
-                let mut then = None;
+                // Seen while draining, handled after the chunks before it.
+                let (mut ended, mut lost) = (false, false);
                 while total < READ_CHUNK_BYTES_MAX {
                     match poll_once(recv.read_chunk(READ_CHUNK_BYTES_MAX - total, true)) {
                         Some(Ok(Some(more))) => {
                             total += more.bytes.len();
                             chunks.push(more.bytes);
                         }
-                        Some(end_or_error) => {
-                            then = Some(end_or_error);
+                        Some(Ok(None)) => {
+                            ended = true;
+                            break;
+                        }
+                        Some(Err(_)) => {
+                            lost = true;
                             break;
                         }
                         None => break,
@@ -401,10 +406,11 @@ impl StreamState {
                 ingest
                     .reserve_large_frame(&self.reader, &mut self.large)
                     .await;
-                match then {
-                    Some(Ok(None)) => self.on_end(ingest),
-                    Some(Err(_)) => return Flow::Lost,
-                    Some(Ok(Some(_))) | None => {}
+                if lost {
+                    return Flow::Lost;
+                }
+                if ended {
+                    self.on_end(ingest);
                 }
             }
             Ok(Ok(None)) => self.on_end(ingest),

@@ -4,8 +4,8 @@
 //! A commitment signs `COMMIT_DOMAIN ‖ unsigned id`, so signing cost does not grow with the
 //! message and the signature covers exactly what the id names. A batch commitment
 //! (`ed25519-batch`) signs `BATCH_COMMIT_DOMAIN ‖ leaf count ‖ root` of a Merkle tree over many
-//! unsigned ids once, and each message carries its leaf's inclusion proof (the `merkle` module): the node signs
-//! a group commit's assignments this way, one Ed25519 signature per batch instead of per slot.
+//! unsigned ids once, and each message carries its leaf's inclusion proof (the `merkle` module):
+//! the node signs a group commit's assignments this way, one signature per batch, not per slot.
 //!
 //! Ed25519 commitments are accepted under one rule (ZIP-215, small-order keys refused: the
 //! `ed25519` module, docs/protocol.md), whether checked alone ([`VerifiedMessage::verify`]) or in a
@@ -179,15 +179,13 @@ impl Commitment {
     /// # Errors
     /// [`MessageError::SignatureInvalid`] or [`MessageError::CommitmentInvalid`].
     pub fn verify(&self, unsigned_id: &Id) -> Result<(), MessageError> {
-        let payload = signed_payload(unsigned_id);
         match self.scheme {
-            Scheme::Ed25519 => ed25519::verify(&self.public_key, &self.signature, &payload),
-            Scheme::Ed25519Batch => {
-                let proof = BatchProof::parse(&self.signature)?;
-                let payload = proof.signed_payload(unsigned_id)?;
-                ed25519::verify(&self.public_key, proof.signature, &payload)
+            Scheme::Ed25519 | Scheme::Ed25519Batch => {
+                let (signature, payload) = self.ed25519_signed(unsigned_id)?;
+                ed25519::verify(&self.public_key, signature, &payload)
             }
             Scheme::RsaPssSha512 => {
+                let payload = signed_payload(unsigned_id);
                 let key = rsa::RsaPublicKey::new(
                     BigUint::from_bytes_be(&self.public_key),
                     BigUint::from(RSA_EXPONENT),
@@ -199,6 +197,20 @@ impl Commitment {
                     .verify(&payload, &signature)
                     .map_err(|_| MessageError::SignatureInvalid)
             }
+        }
+    }
+}
+
+impl Commitment {
+    /// For the Ed25519 schemes: the 64-byte signature and the payload it must cover for the
+    /// message `unsigned_id` (for a batch commitment, the root its proof leads to).
+    fn ed25519_signed(&self, unsigned_id: &Id) -> Result<(&[u8], Vec<u8>), MessageError> {
+        match self.scheme {
+            Scheme::Ed25519Batch => {
+                let proof = BatchProof::parse(&self.signature)?;
+                Ok((proof.signature, proof.signed_payload(unsigned_id)?))
+            }
+            _ => Ok((&self.signature, signed_payload(unsigned_id))),
         }
     }
 }
@@ -365,17 +377,12 @@ impl Plan {
             .is_empty()
             .then_some(MessageError::Unsigned);
         let unsigned_id = message.unsigned_id();
-        let payload = signed_payload(&unsigned_id);
         for commitment in message.commitments() {
             let checked = match commitment.scheme {
-                Scheme::Ed25519 => {
-                    ed25519::Entry::new(&commitment.public_key, &commitment.signature, &payload)
-                        .map(|entry| entries.push(entry))
-                }
-                Scheme::Ed25519Batch => BatchProof::parse(&commitment.signature)
-                    .and_then(|proof| {
-                        let payload = proof.signed_payload(&unsigned_id)?;
-                        ed25519::Entry::new(&commitment.public_key, proof.signature, &payload)
+                Scheme::Ed25519 | Scheme::Ed25519Batch => commitment
+                    .ed25519_signed(&unsigned_id)
+                    .and_then(|(signature, payload)| {
+                        ed25519::Entry::new(&commitment.public_key, signature, &payload)
                     })
                     .map(|entry| entries.push(entry)),
                 Scheme::RsaPssSha512 => commitment.verify(&unsigned_id),
